@@ -1,0 +1,136 @@
+"""Job parameters shared by the HTTP API, the CLI and batch runs: one typed, validated object."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pipeline.errors import InvalidParameter
+
+
+class MergeStrategy(str, Enum):
+    """How per-frame meshes become one result."""
+
+    FUSED = "fused"  # align all frames and fuse one watertight surface (default for 2+ frames)
+    BEST = "best"  # the single best-scoring frame's mesh
+    ALL = "all"  # a scene with one node per aligned frame, for inspection
+
+
+class MeshFormat(str, Enum):
+    GLB = "glb"
+    OBJ = "obj"
+    PLY = "ply"
+
+
+# (min, max) inclusive ranges; the API documents the same numbers.
+NUM_FRAMES_RANGE = (1, 32)
+MC_RESOLUTION_RANGE = (32, 512)
+FOREGROUND_RATIO_RANGE = (0.5, 1.0)
+OBJECT_SIZE_M_RANGE = (1e-3, 100.0)
+TARGET_FACES_RANGE = (100, 10_000_000)
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """Everything a user may choose for one reconstruction; defaults match upstream run.py where it has one."""
+
+    num_frames: int = 8  # frames picked from a video (images: at most this many are used)
+    mc_resolution: int = 256  # marching-cubes grid per axis (upstream default 256)
+    foreground_ratio: float = 0.85  # object's share of the square frame (upstream default 0.85)
+    remove_background: bool = True
+    merge: MergeStrategy = MergeStrategy.FUSED
+    format: MeshFormat = MeshFormat.GLB
+    object_size_m: float | None = None  # scale the largest dimension to this many metres (TripoSR has no scale)
+    target_faces: int | None = None  # decimate the result to about this many faces
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> JobParams:
+        """Build from untrusted key/values (form fields are strings); raise InvalidParameter naming the field."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidParameter(unknown[0], f"unknown parameter (known: {', '.join(sorted(known))})")
+        values: dict[str, Any] = {}
+        for name, raw in data.items():
+            if raw is None or raw == "":
+                continue
+            values[name] = _PARSERS[name](name, raw)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["merge"] = self.merge.value
+        out["format"] = self.format.value
+        return out
+
+
+def _int_in(lo: int, hi: int):
+    def parse(name: str, raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise InvalidParameter(name, f"expected an integer, got {raw!r}")
+        if isinstance(raw, float) and raw.is_integer():
+            raw = int(raw)
+        if isinstance(raw, str):
+            try:
+                raw = int(raw.strip())
+            except ValueError:
+                raise InvalidParameter(name, f"expected an integer, got {raw!r}") from None
+        if not isinstance(raw, int):
+            raise InvalidParameter(name, f"expected an integer, got {raw!r}")
+        if not lo <= raw <= hi:
+            raise InvalidParameter(name, f"{raw} is outside [{lo}, {hi}]")
+        return raw
+
+    return parse
+
+
+def _float_in(lo: float, hi: float):
+    def parse(name: str, raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise InvalidParameter(name, f"expected a number, got {raw!r}")
+        if isinstance(raw, str):
+            try:
+                raw = float(raw.strip())
+            except ValueError:
+                raise InvalidParameter(name, f"expected a number, got {raw!r}") from None
+        if not isinstance(raw, (int, float)) or raw != raw:  # NaN check
+            raise InvalidParameter(name, f"expected a number, got {raw!r}")
+        if not lo <= float(raw) <= hi:
+            raise InvalidParameter(name, f"{raw} is outside [{lo}, {hi}]")
+        return float(raw)
+
+    return parse
+
+
+def _bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+        return raw.strip().lower() in {"true", "1", "yes", "on"}
+    raise InvalidParameter(name, f"expected true or false, got {raw!r}")
+
+
+def _enum(enum_cls: type[Enum]):
+    def parse(name: str, raw: Any) -> Enum:
+        try:
+            return enum_cls(str(raw).strip().lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in enum_cls)
+            raise InvalidParameter(name, f"{raw!r} is not one of {choices}") from None
+
+    return parse
+
+
+_PARSERS = {
+    "num_frames": _int_in(*NUM_FRAMES_RANGE),
+    "mc_resolution": _int_in(*MC_RESOLUTION_RANGE),
+    "foreground_ratio": _float_in(*FOREGROUND_RATIO_RANGE),
+    "remove_background": _bool,
+    "merge": _enum(MergeStrategy),
+    "format": _enum(MeshFormat),
+    "object_size_m": _float_in(*OBJECT_SIZE_M_RANGE),
+    "target_faces": _int_in(*TARGET_FACES_RANGE),
+}

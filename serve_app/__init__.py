@@ -1,0 +1,1 @@
+"""The Serve application: app builder, Starlette ingress, job store, settings, CLI, batch entry point."""

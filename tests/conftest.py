@@ -1,0 +1,29 @@
+"""Shared fixtures. Paths to the tiny TripoSR fixture and the provisioned rembg model live here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY_MODEL_DIR = FIXTURES / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """Upstream-format folder (config.yaml + model.ckpt + vit/config.json) of the tiny parity model."""
+    return TINY_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def rembg_dir() -> Path:
+    """Folder holding the real rembg `u2netp.onnx`, provisioned once (see scripts/fetch_test_models.py)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from fetch_test_models import DEFAULT_DEST, fetch_u2netp
+    finally:
+        sys.path.pop(0)
+    return fetch_u2netp(DEFAULT_DEST).parent
