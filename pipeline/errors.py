@@ -26,7 +26,7 @@ class UnsupportedMedia(InvalidInput):
 
 
 class VideoDecodeError(InvalidInput):
-    """The content looks like a video container but cannot be decoded (corrupt, truncated, no video stream)."""
+    """The content looks like a video container but cannot be decoded (corrupt, truncated, no stream)."""
 
     code = "video_decode_error"
 

@@ -35,7 +35,7 @@ TARGET_FACES_RANGE = (100, 10_000_000)
 
 @dataclass(frozen=True)
 class JobParams:
-    """Everything a user may choose for one reconstruction; defaults match upstream run.py where it has one."""
+    """Everything a user may choose for one reconstruction; defaults follow upstream run.py."""
 
     num_frames: int = 8  # frames picked from a video (images: at most this many are used)
     mc_resolution: int = 256  # marching-cubes grid per axis (upstream default 256)
@@ -43,12 +43,12 @@ class JobParams:
     remove_background: bool = True
     merge: MergeStrategy = MergeStrategy.FUSED
     format: MeshFormat = MeshFormat.GLB
-    object_size_m: float | None = None  # scale the largest dimension to this many metres (TripoSR has no scale)
+    object_size_m: float | None = None  # largest dimension in metres (TripoSR has no scale)
     target_faces: int | None = None  # decimate the result to about this many faces
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> JobParams:
-        """Build from untrusted key/values (form fields are strings); raise InvalidParameter naming the field."""
+        """Build from untrusted key/values (form fields are strings); InvalidParameter names the field."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

