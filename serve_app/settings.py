@@ -1,7 +1,8 @@
 """One typed settings object for the service, the CLI and batch runs.
 
 Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and validated here, once;
-nothing else reads `os.environ`. App-builder arguments override the environment (`Settings.from_env(env).merged(args)`).
+nothing else reads `os.environ`. App-builder arguments override the environment
+(`Settings.from_env(env).merged(args)`).
 """
 
 from __future__ import annotations
