@@ -28,18 +28,16 @@ from pipeline.errors import InvalidParameter, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-ANALYSIS_SIDE = (
-    512  # long side of the grey thumbnail used for sharpness, so scores compare across resolutions
-)
+# Long side of the grey thumbnail used for sharpness, so scores compare across resolutions.
+ANALYSIS_SIDE = 512
 THUMB_SIDE = 96  # long side of the thumbnail used for near-duplicate tests
 MAX_SIDE = 1920  # long side kept for chosen frames: the object is cropped from this, then resized to 512
 
 # A candidate is "blurred" below this share of the median candidate sharpness. Motion-blurred phone frames
 # score 5-20x below sharp ones; focus breathing and texture changes between views stay well within 3x.
 BLUR_RATIO = 0.3
-MIN_SHARPNESS = (
-    1.0  # variance of the Laplacian (0..255 grey levels) of a flat image is ~0; a real view is > 10
-)
+# Variance of the Laplacian (0..255 grey levels) of a flat image is ~0; a real view scores > 10.
+MIN_SHARPNESS = 1.0
 # Near-duplicate: fewer than this share of thumbnail pixels differ by more than DUPLICATE_LEVEL grey levels.
 # A turning object changes a few percent of pixels between buckets; codec noise changes well under 0.1%.
 DUPLICATE_LEVEL = 24

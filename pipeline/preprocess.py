@@ -121,7 +121,8 @@ def preprocess_input(
         raise InvalidParameter("size", f"{size} is below 32")
 
     kind, candidates, info = _candidates(path, num_frames)
-    if remove_background and remover is None and any(not has_meaningful_alpha(c.alpha) for c in candidates):
+    usable = [c for c in candidates if c.reason is None]
+    if remove_background and remover is None and any(not has_meaningful_alpha(c.alpha) for c in usable):
         remover = BackgroundRemover()
 
     frames: list[np.ndarray] = []
