@@ -6,8 +6,9 @@
 The video's duration is cut into `num_frames` equal buckets. In each bucket the sharpest frame (variance of
 the Laplacian on a grey thumbnail) becomes the bucket's candidate; candidates far blurrier than the video's
 typical candidate are marked "blurred" and near-copies of an earlier kept candidate "duplicate". Short clips
-are decoded sequentially (every frame scored); long ones by seeking into each bucket and scoring a short
-window there, so the work grows with `num_frames`, not with the video's length. Only the current best frame
+are decoded sequentially (every frame scored); long ones (measured against the keyframe interval) by seeking
+into each bucket and scoring a short window there, so the work grows with `num_frames`, not with the video's
+length. Only the current best frame
 per bucket is kept, at most `max_side` pixels on its long side, so a 4K 10-minute video needs about
 `num_frames` x 6 MB.
 
@@ -43,8 +44,8 @@ MIN_SHARPNESS = 1.0
 DUPLICATE_LEVEL = 24
 DUPLICATE_SHARE = 0.002
 
-SEEK_AFTER_S = 60.0  # auto mode seeks for videos longer than this (see benchmarks/bench_frames.py)
 SEEK_WINDOW_S = 1.0  # seconds scored per bucket when seeking
+KEYFRAME_SCAN_S = 20.0  # seconds of packets demuxed (not decoded) to measure the keyframe interval
 
 Mode = Literal["auto", "sequential", "seek"]
 
@@ -90,6 +91,7 @@ class FrameSelection:
     info: VideoInfo
     mode: Literal["sequential", "seek"]
     decoded_frames: int  # frames decoded to get there (the cost)
+    keyframe_interval_s: float | None = None  # measured for mode="auto"
 
 
 def _av_errors() -> tuple[type[BaseException], ...]:
@@ -239,7 +241,6 @@ def select_frames(
     *,
     mode: Mode = "auto",
     max_side: int = MAX_SIDE,
-    seek_after_s: float = SEEK_AFTER_S,
     seek_window_s: float = SEEK_WINDOW_S,
 ) -> FrameSelection:
     """Pick the sharpest frame in each of `num_frames` equal time buckets of the video at `path`.
@@ -247,8 +248,10 @@ def select_frames(
     Returns a FrameSelection whose candidates (time order) carry RGB uint8 (H, W, 3) images with long side at
     most `max_side`, their frame index, timestamp (s) and sharpness; blurred and duplicate candidates are
     marked, not dropped. `mode`: "sequential" decodes every frame, "seek" seeks into each bucket and scores
-    `seek_window_s` seconds there, "auto" seeks when the video is longer than `seek_after_s`. Raises
-    VideoDecodeError.
+    `seek_window_s` seconds there. "auto" seeks when that decodes fewer frames even in the worst case, i.e.
+    when num_frames x (keyframe interval + window) < duration: a seek lands on the keyframe before the window
+    and decodes from there. With 1 s keyframes and 8 frames that is videos over 16 s (bench_frames.py: seeking
+    is ~3x faster on a 30 s 1080p clip, ~1.15x slower on a 4 s one). Raises VideoDecodeError.
     """
     import av
 
@@ -269,7 +272,12 @@ def select_frames(
             info = _info(container, stream, first)
             start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
             decoder = _Decoder(info, start_s, max_side)
-            use_seek = mode == "seek" or (mode == "auto" and info.duration_s > seek_after_s)
+            gop_s = None
+            if mode == "auto":
+                gop_s = _keyframe_interval_s(container, stream, start_s)
+            use_seek = mode == "seek" or (
+                mode == "auto" and num_frames * (gop_s + seek_window_s) < info.duration_s
+            )
             if use_seek:
                 best, decoded = _select_seek(container, stream, decoder, num_frames, seek_window_s)
             else:
@@ -285,7 +293,29 @@ def select_frames(
         "selected %d candidates from %s (%s, %.1f s, %d frames decoded)",
         len(candidates), name, "seek" if use_seek else "sequential", info.duration_s, decoded,
     )  # fmt: skip
-    return FrameSelection(candidates, info, "seek" if use_seek else "sequential", decoded)
+    return FrameSelection(candidates, info, "seek" if use_seek else "sequential", decoded, gop_s)
+
+
+def _keyframe_interval_s(container, stream, start_s: float, scan_s: float = KEYFRAME_SCAN_S) -> float:
+    """Median seconds between keyframes over the first `scan_s` seconds (demuxed only, cheap).
+
+    With a single keyframe in that span the interval is at least the span: seeking would be costly.
+    """
+    tb = stream.time_base
+    keys: list[float] = []
+    t = 0.0
+    container.seek(0, stream=stream)
+    for packet in container.demux(stream):
+        if packet.pts is None:
+            continue
+        t = float(packet.pts * tb) - start_s
+        if packet.is_keyframe:
+            keys.append(t)
+        if t > scan_s:
+            break
+    if len(keys) >= 2:
+        return float(np.median(np.diff(keys)))
+    return max(t, scan_s)
 
 
 def _bucket(t: float, duration: float, n: int) -> int:

@@ -99,9 +99,10 @@ def test_auto_mode_seeks_long_videos_and_decodes_less(tmp_path):
         tmp_path / "long.mp4", width=160, height=120, fps=12, duration_s=20.0, period_s=7.0
     )
     seq = select_frames(video.path, 4, mode="sequential")
-    auto = select_frames(video.path, 4, seek_after_s=10.0)
+    auto = select_frames(video.path, 4)  # 4 x (1 s keyframe interval + 1 s window) < 20 s
     assert (seq.mode, auto.mode) == ("sequential", "seek")
     assert seq.decoded_frames == video.num_frames
+    assert auto.keyframe_interval_s == pytest.approx(1.0)
     assert auto.decoded_frames < seq.decoded_frames / 2
     bucket = video.duration_s / 4
     for b, cand in enumerate(auto.candidates):
