@@ -57,9 +57,10 @@ class _Absent(Exception):
 def _session_class(base: type, folder: Path | None, allow_download: bool) -> type:
     """rembg's own session class for the model, pointed at `folder` and with downloading under our control.
 
-    rembg (2.0.6x+) looks for `<home>/models/<name>/<file>` then `<legacy home>/<file>` and downloads only
-    when both are absent; overriding the two homes makes it read our folder without touching the process
-    environment.
+    rembg 2.0.8x looks for `<home>/models/<name>/<file>` then `<legacy home>/<file>` and downloads only when
+    both are absent; overriding the homes makes it read our folder without touching the process environment.
+    (Older rembg passes `u2net_home()` to pooch, which reuses a present file whose md5 matches: the u2netp
+    from scripts/fetch_test_models.py is byte-identical to rembg's release, md5 8e83ca70...)
     """
 
     class LocalSession(base):  # type: ignore[misc,valid-type]
@@ -81,6 +82,10 @@ def _session_class(base: type, folder: Path | None, allow_download: bool) -> typ
 
             @classmethod
             def legacy_home(cls, *args, **kwargs):
+                return str(folder)
+
+            @classmethod
+            def u2net_home(cls, *args, **kwargs):  # the only home rembg < 2.0.60 knows
                 return str(folder)
 
     LocalSession.__name__ = f"Local{base.__name__}"
@@ -166,8 +171,7 @@ class BackgroundRemover:
         )
 
     def mask(self, rgb: np.ndarray) -> np.ndarray:
-        """Alpha of the salient object: uint8 (H, W), 0 background .. 255 object, for a uint8 (H, W, 3) RGB
-        image."""
+        """Alpha of the object in a uint8 (H, W, 3) RGB image: uint8 (H, W), 0 background, 255 object."""
         from PIL import Image
 
         (mask,) = self._session.predict(Image.fromarray(rgb))[:1]
