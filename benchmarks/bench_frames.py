@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--video", type=Path, help="use this clip instead of generating one")
     args = parser.parse_args()
 
-    print(f"device: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"device: {cpu_name()}, {os.cpu_count()} logical CPUs, load average {load} (others skew times)")
     with tempfile.TemporaryDirectory() as tmp:
         if args.video:
             path = args.video
@@ -103,7 +104,8 @@ def main() -> None:
             f"rembg u2netp mask on {w}x{h}: median {statistics.median(per_frame) * 1000:.0f} ms/frame "
             f"(min {min(per_frame) * 1000:.0f}, max {max(per_frame) * 1000:.0f}, {len(per_frame)} frames)"
         )
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (clip generation included): {rss:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Reusable by any test (pipeline, service, batch): everything here writes small files with PyAV, Pillow and the
 standard library and returns plain values, so nothing binary has to live in git.
 
-    from tests.media import make_ring_video, ring_image, png_bytes, make_zip, bomb_png
+    from tests.media import make_ring_video, ring_image, png_bytes, make_zip, bomb_png, object_bbox
 
     info = make_ring_video(tmp_path / "ring.mp4", duration_s=4.0, fps=24, blurred_every=3)
     info.num_frames, info.blurred_indices, info.ring_bbox   # ground truth for assertions
@@ -29,6 +29,7 @@ import numpy as np
 BACKGROUND = (222, 226, 230)  # light plain grey-white, like a studio sweep
 RING_COLOUR = (200, 30, 30)  # saturated red
 MARKER_COLOUR = (255, 255, 255)
+GREY_LEVEL = 128  # background of a framed frame: 0.5 * 255, rounded
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,16 @@ def make_ring_video(
         blurred_indices=frozenset(i for i in blur_set if i < n),
         ring_bbox=ring_bbox(width, height, radius=radius, centre=centre),
     )
+
+
+def object_bbox(framed: np.ndarray, tol: int = 24) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1 exclusive) of the pixels of a framed uint8 (H, W, 3) image that differ
+    from the 0.5 grey background by more than `tol` levels in some channel."""
+    diff = np.abs(framed.astype(np.int16) - GREY_LEVEL).max(axis=2) > tol
+    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("the frame is plain grey: no object")
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def png_bytes(image: np.ndarray, format: str = "PNG") -> bytes:

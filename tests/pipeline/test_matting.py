@@ -14,16 +14,7 @@ from pipeline.matting import (
     frame_object,
     has_meaningful_alpha,
 )
-from tests.media import ring_bbox, ring_image
-
-GREY_LEVEL = 128  # 0.5 * 255 rounded
-
-
-def object_bbox(framed: np.ndarray, tol: int = 24) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1 exclusive) of the pixels that differ from the grey background."""
-    diff = np.abs(framed.astype(np.int16) - GREY_LEVEL).max(axis=2) > tol
-    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+from tests.media import GREY_LEVEL, object_bbox, ring_bbox, ring_image
 
 
 def test_u2netp_loads_offline_from_the_models_folder(remover, rembg_dir):

@@ -18,8 +18,7 @@ from pipeline.errors import (
     VideoDecodeError,
 )
 from pipeline.preprocess import preprocess_input
-from tests.media import bomb_png, make_ring_video, make_zip, png_bytes, ring_image
-from tests.pipeline.test_matting import object_bbox
+from tests.media import bomb_png, make_ring_video, make_zip, object_bbox, png_bytes, ring_image
 
 
 def write(path, data: bytes):
