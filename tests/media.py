@@ -141,6 +141,7 @@ def make_ring_video(
     blurred: Iterable[int] = (),
     blur_sigma: float = 6.0,
     rotation: int = 0,
+    pix_fmt: str = "yuv420p",
 ) -> RingVideo:
     """Write a ring video with PyAV and return its ground truth.
 
@@ -155,6 +156,7 @@ def make_ring_video(
     blurred_every : blur every k-th frame (indices k-1, 2k-1, ...) when > 0.
     blurred : further frame indices to blur.
     rotation : display-matrix rotation in degrees (90 mimics a portrait phone video), stored as metadata only.
+    pix_fmt : encoder pixel format ("yuv420p10le" with "libx265" mimics an iPhone HEVC video).
     """
     import av
 
@@ -166,10 +168,12 @@ def make_ring_video(
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         stream.codec_context.gop_size = gop or fps
-        if codec == "libx264":
+        if codec in ("libx264", "libx265"):
             stream.options = {"crf": "20", "preset": "ultrafast"}
+            if codec == "libx265":
+                stream.options["x265-params"] = "log-level=error"
         elif codec.startswith("libvpx"):
             stream.options = {"deadline": "realtime", "cpu-used": "8"}  # the default "good" takes seconds
         if rotation:

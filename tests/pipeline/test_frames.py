@@ -87,11 +87,20 @@ def test_portrait_phone_video_is_turned_upright(tmp_path):
     assert xs.mean() == pytest.approx(120, abs=4)
 
 
-def test_webm_and_mov_decode(tmp_path):
-    for name, codec in (("r.webm", "libvpx"), ("r.mov", "mpeg4")):
-        video = make_ring_video(tmp_path / name, codec=codec, duration_s=2.0)
-        sel = select_frames(video.path, 2)
-        assert len(sel.candidates) == 2
+@pytest.mark.parametrize(
+    ("name", "codec", "pix_fmt"),
+    [
+        ("r.webm", "libvpx", "yuv420p"),  # browser recordings
+        ("r.mov", "mpeg4", "yuv420p"),
+        ("iphone.mov", "libx265", "yuv420p10le"),  # 10-bit HEVC, as iPhones record
+    ],
+)
+def test_other_containers_and_codecs_decode(tmp_path, name, codec, pix_fmt):
+    video = make_ring_video(tmp_path / name, codec=codec, pix_fmt=pix_fmt, duration_s=1.0)
+    sel = select_frames(video.path, 2)
+    assert [c.reason for c in sel.candidates] == [None, None]
+    ring = sel.candidates[0].image[120, 160 - 60]  # on the ring, left of centre
+    assert ring[0] > 120 and ring[1] < 80  # red survives the colour conversion
 
 
 def test_auto_mode_seeks_long_videos_and_decodes_less(tmp_path):
