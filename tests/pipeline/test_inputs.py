@@ -39,6 +39,27 @@ def test_text_file_renamed_mp4_is_unsupported(tmp_path):
         detect_kind(path)
 
 
+def test_heic_photo_is_unsupported_not_a_broken_video(tmp_path):
+    path = tmp_path / "IMG_0001.bin"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100)
+    with pytest.raises(UnsupportedMedia, match="HEIC"):
+        detect_kind(path)
+
+
+def test_audio_only_mp4_has_no_video_stream(tmp_path):
+    import av
+
+    path = tmp_path / "voice.m4a"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with pytest.raises(VideoDecodeError, match="no video stream"):
+        detect_kind(path)
+
+
 def test_zero_bytes_is_invalid(tmp_path):
     path = tmp_path / "empty.mp4"
     path.write_bytes(b"")
