@@ -49,9 +49,17 @@ def test_video_with_real_rembg_gives_framed_sharp_frames_spread_over_time(tmp_pa
     assert result.info["mode"] == "sequential"
 
 
-def test_images_with_alpha_skip_rembg(tmp_path):
-    # remover=None with remove_background=True: building the default u2net would fail offline, so this only
-    # passes if rembg is skipped for images that carry their own alpha.
+@pytest.fixture
+def no_default_remover(monkeypatch):
+    """Make any attempt to build the default rembg model fail loudly (it would download u2net)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rembg must not be needed here")
+
+    monkeypatch.setattr("pipeline.preprocess.BackgroundRemover", refuse)
+
+
+def test_images_with_alpha_skip_rembg(tmp_path, no_default_remover):
     paths = [write(tmp_path / f"{i}.png", png_bytes(ring_image(alpha=True, angle=i))) for i in range(3)]
     result = preprocess_input(paths, num_frames=8, remover=None, foreground_ratio=0.7)
     assert result.kind == "images"
@@ -61,7 +69,7 @@ def test_images_with_alpha_skip_rembg(tmp_path):
     assert max(x1 - x0, y1 - y0) == pytest.approx(0.7 * 512, abs=2)
 
 
-def test_remove_background_false_frames_the_whole_picture(tmp_path):
+def test_remove_background_false_frames_the_whole_picture(tmp_path, no_default_remover):
     path = write(tmp_path / "framed.jpg", png_bytes(ring_image(320, 240), "JPEG"))
     result = preprocess_input(path, num_frames=1, remove_background=False, remover=None)
     assert result.frames.shape == (1, 512, 512, 3)
@@ -78,7 +86,7 @@ def test_folder_of_photos_with_real_rembg(tmp_path, remover):
     assert all(r.chosen for r in result.reports)
 
 
-def test_zip_of_images(tmp_path):
+def test_zip_of_images(tmp_path, no_default_remover):
     members = {f"shots/{i:02d}.png": png_bytes(ring_image(alpha=True, angle=i)) for i in range(2)}
     members["readme.txt"] = b"hello"
     path = make_zip(tmp_path / "upload", members)
@@ -87,7 +95,7 @@ def test_zip_of_images(tmp_path):
     assert [r.source for r in result.reports] == ["shots/00.png", "shots/01.png"]
 
 
-def test_more_images_than_num_frames_keeps_the_sharpest_of_each_group(tmp_path):
+def test_more_images_than_num_frames_keeps_the_sharpest_of_each_group(tmp_path, no_default_remover):
     paths = []
     for i in range(6):
         blur = 4.0 if i % 2 == 0 else 0.0  # groups of two: (0, 1), (2, 3), (4, 5); the first one blurred
@@ -99,7 +107,7 @@ def test_more_images_than_num_frames_keeps_the_sharpest_of_each_group(tmp_path):
     assert result.frames.shape[0] == 3
 
 
-def test_repeated_photo_is_a_duplicate(tmp_path):
+def test_repeated_photo_is_a_duplicate(tmp_path, no_default_remover):
     data = png_bytes(ring_image(alpha=True))
     paths = [write(tmp_path / "a.png", data), write(tmp_path / "b.png", data)]
     result = preprocess_input(paths, num_frames=4, remover=None)
@@ -107,7 +115,7 @@ def test_repeated_photo_is_a_duplicate(tmp_path):
     assert result.frames.shape[0] == 1
 
 
-def test_no_usable_frame_fails_with_every_reason(tmp_path):
+def test_no_usable_frame_fails_with_every_reason(tmp_path, no_default_remover):
     tiny = png_bytes(ring_image(alpha=True, radius=0.04))
     cut = png_bytes(ring_image(alpha=True, centre=(0.02, 0.5)))
     paths = [write(tmp_path / "tiny.png", tiny), write(tmp_path / "cut.png", cut)]
