@@ -53,8 +53,7 @@ Mode = Literal["auto", "sequential", "seek"]
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video container says about its (first) video stream; sizes are as displayed (rotation
-    applied)."""
+    """What a container says about its first video stream; sizes as displayed (rotation applied)."""
 
     width: int
     height: int
@@ -101,8 +100,7 @@ def _av_errors() -> tuple[type[BaseException], ...]:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Open the container, find its video stream and decode one frame; raise VideoDecodeError if any step
-    fails."""
+    """Open the container, find the video stream, decode one frame; VideoDecodeError if any step fails."""
     import av
 
     name = Path(path).name
@@ -138,8 +136,7 @@ def _info(container, stream, first_frame) -> VideoInfo:
 
 
 def _scan_duration(container, stream) -> float:
-    """Duration from the last packet's end when the header has none (some WebM files); demuxes, never
-    decodes."""
+    """Duration from the last packet's end when the header has none (browser WebM); demuxes, never decodes."""
     start = stream.start_time or 0
     end = start
     container.seek(0, stream=stream)
