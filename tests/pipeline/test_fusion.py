@@ -1,5 +1,5 @@
-"""pipeline/fusion.py (+ alignment.py): turns recovered, no reflection, outliers rejected, fused surface beats every
-noisy frame, symmetric objects reported as degenerate, bad input handled."""
+"""pipeline/fusion.py (+ alignment.py): turns recovered, no reflection, outliers rejected, the fused surface
+beats every noisy frame, symmetric objects reported as degenerate, bad input handled."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ RESOLUTION = 96
 def _expected_output_matrix(report: dict, true_matrices: list[np.ndarray], index: int) -> np.ndarray:
     """Where frame `index` should land: the reference's input->output transform times its true pose."""
     ref = report["reference_frame"]
-    return np.array(report["frames"][ref]["transform"]) @ true_matrices[ref] @ np.linalg.inv(true_matrices[index])
+    to_output = np.array(report["frames"][ref]["transform"])
+    return to_output @ true_matrices[ref] @ np.linalg.inv(true_matrices[index])
 
 
 def _rotation_part(matrix: np.ndarray) -> tuple[np.ndarray, float]:
