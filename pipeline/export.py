@@ -115,7 +115,7 @@ def export_result(
         ]
     scale = 1.0
     if object_size_m is not None:
-        extent = float(np.max(np.concatenate([m.bounds for _, m in parts]).ptp(axis=0)))
+        extent = float(np.ptp(np.concatenate([m.bounds for _, m in parts]), axis=0).max())
         scale = object_size_m / max(extent, 1e-12)
     transform = Z_UP_TO_Y_UP.copy()
     transform[:3, :3] *= scale
