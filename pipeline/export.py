@@ -166,10 +166,11 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
 
 
 def glb_bytes(parts: list[tuple[str, trimesh.Trimesh]], extras: dict | None = None) -> bytes:
-    """Binary glTF 2.0 with one node + mesh per part: POSITION, NORMAL, COLOR_0 (linear float RGB, when the
-    part
-    has vertex colours) and uint32 indices; one matte material; `extras` on scenes[0] (and a copy-free
-    asset)."""
+    """Binary glTF 2.0 bytes, one node + mesh per part.
+
+    Attributes: POSITION, NORMAL, COLOR_0 (linear float32 RGB, when the part has vertex colours); uint32
+    indices; one matte material; `extras` on scenes[0].
+    """
     blobs: list[bytes] = []
     views: list[dict] = []
     accessors: list[dict] = []
