@@ -247,6 +247,9 @@ def fuse_aligned(
     for mesh in meshes:
         total += _truncated_sdf(mesh, origin, voxel, shape, rng)
     total /= len(meshes)
+    # frames that disagree far from any surface (+trunc vs -trunc) can cancel to exactly 0; a vertex placed
+    # exactly on a grid corner is shared by several cells and breaks manifoldness, so break such ties outward
+    total[total == 0.0] = np.float32(1e-3 * voxel)
     clock.lap("field")
 
     clock.restart()
@@ -256,7 +259,9 @@ def fuse_aligned(
     # outside for that convention, so hand it -sdf (inside positive)
     vertices, faces = mcubes.marching_cubes(-total, 0.0)
     vertices = origin + vertices * voxel
-    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
+    # PyMCubes already shares each edge vertex between cells: merging by position would fuse distinct vertices
+    # that sit within rounding of one grid corner and create non-manifold edges
+    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=False)
     mesh, _ = main_components(mesh, 0.05)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
@@ -276,7 +281,7 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     Narrow band: dense surface samples mark the voxels the surface crosses; within BAND_VOXELS of them the
     distance is point-to-plane to the nearest sample (a smooth, signed estimate). Beyond the band the value is
     +-trunc, the sign found by flood fill: band-free regions connected to the grid border are outside. An open
-    mesh lets the fill leak inside; then the sign comes from the nearest sample's normal everywhere (slower).
+    mesh lets the fill leak inside; then a far voxel takes the sign of its nearest band voxel.
     Cost ~ surface area / voxel^2, not grid volume: a KD-tree query only for band voxels.
     """
     trunc = BAND_VOXELS * voxel
@@ -303,17 +308,24 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     leaked = n_inside == 0
     if mesh.is_watertight and not leaked:
         leaked = n_inside + 0.5 * band.sum() < 0.5 * abs(mesh.volume) / voxel**3
-    query = np.ones(shape, dtype=bool) if leaked else band
-    idx = np.nonzero(query)
+    idx = np.nonzero(band)
     coords = origin + np.stack(idx, axis=1) * voxel
     # band voxels lie within (BAND_VOXELS + 0.5) * sqrt(3) voxels of a sample; the bound speeds the search up
-    bound = np.inf if leaked else (BAND_VOXELS + 0.5) * 1.75 * voxel
-    _, nearest = tree.query(coords, distance_upper_bound=bound, workers=-1)
+    _, nearest = tree.query(coords, distance_upper_bound=(BAND_VOXELS + 0.5) * 1.75 * voxel, workers=-1)
     found = nearest < len(points)
     signed = np.einsum("ij,ij->i", coords[found] - points[nearest[found]], normals[nearest[found]])
     field[tuple(i[found] for i in idx)] = np.clip(signed, -trunc, trunc)
     if leaked:
-        logger.debug("mesh not closed (or fill leaked): sign from normals on the whole grid")
+        # open mesh: each far voxel takes the sign of the nearest band voxel (one distance transform, no
+        # unbounded nearest-neighbour queries, which are slow far from a surface)
+        far = ~band
+        near_band = ndimage.distance_transform_edt(far, return_distances=False, return_indices=True)
+        field[far] = np.where(field[tuple(i[far] for i in near_band)] < 0, -trunc, trunc)
+        logger.debug("mesh not closed (or the fill leaked): far-field sign from the nearest band voxel")
+    # the outer layer is always outside, so marching cubes closes the surface even for open inputs
+    field[[0, -1]] = trunc
+    field[:, [0, -1]] = trunc
+    field[:, :, [0, -1]] = trunc
     return field
 
 

@@ -142,6 +142,22 @@ def test_asymmetric_blob_aligns_from_arbitrary_turns():
         assert shapes.rotation_angle_deg(rot_got.T @ rot_want) < 2.0
 
 
+def test_open_frames_clipped_like_triposr_box_still_fuse_watertight():
+    truth = shapes.blob(subdivisions=3)
+    meshes, matrices = shapes.make_frames(truth, [0, 90, 180, 270], seed=2, noise=0.003)
+    for mesh in meshes:  # cut the top off each frame: an open mesh, as when the object leaves TripoSR's box
+        mesh.update_faces(mesh.triangles_center[:, 2] < 0.5)
+        mesh.remove_unreferenced_vertices()
+        assert not mesh.is_watertight
+    result = fuse_meshes(meshes, resolution=64)
+    assert result.report["frames_rejected"] == []
+    assert result.mesh.is_watertight
+    ref = result.report["reference_frame"]
+    fused = result.mesh.copy()
+    fused.apply_transform(np.linalg.inv(np.array(result.report["frames"][ref]["transform"]) @ matrices[ref]))
+    assert shapes.chamfer(fused, truth) < 0.012
+
+
 def test_strategy_all_gives_one_scene_node_per_kept_frame():
     truth = shapes.blob(subdivisions=3)
     meshes, _ = shapes.make_frames(truth, [0, 120, 240], seed=4, noise=0.002)
