@@ -104,7 +104,11 @@ def fuse_meshes(
     if scores is not None:
         if len(scores) != len(meshes):
             raise InvalidParameter("scores", f"{len(scores)} scores for {len(meshes)} meshes")
-        scores = [float(s) if s is not None and np.isfinite(s) else -np.inf for s in scores]
+        try:
+            scores = [float(s) if s is not None else -np.inf for s in scores]
+        except (TypeError, ValueError):
+            raise InvalidParameter("scores", f"expected numbers, got {list(scores)!r}") from None
+        scores = [s if np.isfinite(s) else -np.inf for s in scores]
 
     clock.restart()
     cleans: list[CleanMesh] = []
@@ -119,6 +123,7 @@ def fuse_meshes(
             scale=None,
             turn_ambiguous=None,
             transform=None,
+            reference=False,
         )
         frames.append(info)
         if clean is not None:
@@ -162,16 +167,15 @@ def fuse_meshes(
     )
 
     if strategy is MergeStrategy.BEST or len(cleans) == 1:
-        if len(cleans) == 1 and strategy is not MergeStrategy.BEST:
-            report["warnings"].append(
-                f"only one usable frame: returning it unfused (asked for {strategy.value})"
-            )
-            report["strategy"] = MergeStrategy.BEST.value
         for c in cleans:
             if c is not ref:
                 frames[c.index].update(kept=False, reason="not_used_by_strategy_best")
-        mesh = ref.mesh.copy()
-        return _finish(FusionResult(mesh, None, report), report, clock, job_id)
+        if strategy is MergeStrategy.ALL:  # one usable frame: a one-node scene, still a scene
+            return _finish(FusionResult(None, _scene([ref], [ref.mesh]), report), report, clock, job_id)
+        if strategy is not MergeStrategy.BEST:
+            report["warnings"].append("only one usable frame: returning it unfused (asked for fused)")
+            report["strategy"] = MergeStrategy.BEST.value
+        return _finish(FusionResult(ref.mesh.copy(), None, report), report, clock, job_id)
 
     # align every other frame to the reference
     clock.restart()
@@ -210,10 +214,7 @@ def fuse_meshes(
 
     meshes_aligned = [ref.mesh] + [_transformed(c.mesh, aligned[c.index].matrix) for c in kept[1:]]
     if strategy is MergeStrategy.ALL:
-        scene = trimesh.Scene()
-        for c, m in zip(kept, meshes_aligned, strict=True):
-            scene.add_geometry(m, node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
-        return _finish(FusionResult(None, scene, report), report, clock, job_id)
+        return _finish(FusionResult(None, _scene(kept, meshes_aligned), report), report, clock, job_id)
 
     if len(kept) == 1:
         report["warnings"].append("every other frame was rejected: returning the reference frame unfused")
@@ -262,6 +263,8 @@ def fuse_aligned(
     # PyMCubes already shares each edge vertex between cells: merging by position would fuse distinct vertices
     # that sit within rounding of one grid corner and create non-manifold edges
     mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=False)
+    if len(mesh.faces) == 0:
+        raise FusionError("the fused surface is empty (the aligned frames share no inside)")
     mesh, _ = main_components(mesh, 0.05)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
@@ -421,6 +424,13 @@ class _Stopwatch:
     def total(self) -> None:
         self.wall["total"] = time.perf_counter() - self._start[0]
         self.cpu["total"] = time.process_time() - self._start[1]
+
+
+def _scene(cleans: Sequence[CleanMesh], meshes: Sequence[trimesh.Trimesh]) -> trimesh.Scene:
+    scene = trimesh.Scene()
+    for c, m in zip(cleans, meshes, strict=True):
+        scene.add_geometry(m.copy(), node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
+    return scene
 
 
 def _translation(offset: np.ndarray) -> np.ndarray:

@@ -227,9 +227,20 @@ def test_one_frame_returns_it_unfused_with_a_warning():
     assert result.report["degenerate_axis"] is None
 
 
+def test_one_frame_with_strategy_all_is_a_one_node_scene():
+    result = fuse_meshes([trimesh.Trimesh(), shapes.blob(subdivisions=2)], strategy="all")
+    assert result.mesh is None and list(result.scene.graph.nodes_geometry) == ["frame_001"]
+    assert result.report["frames_used"] == [1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"scores": [1.0]}, "scores"), ({"resolution": 8}, "resolution"), ({"strategy": "average"}, "merge")],
+    [
+        ({"scores": [1.0]}, "scores"),
+        ({"scores": ["x", 1.0]}, "scores"),
+        ({"resolution": 8}, "resolution"),
+        ({"strategy": "average"}, "merge"),
+    ],
 )
 def test_bad_parameters_raise_invalid_parameter(kwargs, field):
     meshes = [shapes.blob(subdivisions=1)] * 2
