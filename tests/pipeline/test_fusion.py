@@ -158,6 +158,13 @@ def test_open_frames_clipped_like_triposr_box_still_fuse_watertight():
     assert shapes.chamfer(fused, truth) < 0.012
 
 
+def test_identical_frames_are_all_kept():
+    mesh = shapes.blob(subdivisions=3)
+    result = fuse_meshes([mesh.copy() for _ in range(4)], resolution=48)
+    assert result.report["frames_rejected"] == []
+    assert max(f["alignment_error"] for f in result.report["frames"]) < 0.01
+
+
 def test_strategy_all_gives_one_scene_node_per_kept_frame():
     truth = shapes.blob(subdivisions=3)
     meshes, _ = shapes.make_frames(truth, [0, 120, 240], seed=4, noise=0.002)
