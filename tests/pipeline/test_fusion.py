@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from pipeline.alignment import turn_and_tilt_deg
 from pipeline.errors import FusionError, InvalidParameter
 from pipeline.fusion import FusionResult, fuse_meshes
 from pipeline.params import MergeStrategy
@@ -55,6 +56,8 @@ def test_recovered_turns_within_2_degrees_and_never_mirrored(tyre_case):
         assert np.linalg.det(rot_got) == pytest.approx(1.0, abs=1e-6)
         rot_want, scale_want = _rotation_part(_expected_output_matrix(report, matrices, frame["index"]))
         assert shapes.rotation_angle_deg(rot_got.T @ rot_want) < 2.0, frame
+        turn_want, _ = turn_and_tilt_deg(rot_want)
+        assert abs((frame["turn_deg"] - turn_want + 180.0) % 360.0 - 180.0) < 2.0
         assert scale_got == pytest.approx(scale_want, rel=0.02)
     assert report["degenerate_axis"] is False
 
