@@ -14,8 +14,9 @@
   uniform scale so the largest dimension is `object_size_m` metres (glTF units are metres).
 * Files are written atomically: a temporary file in the same folder, fsync, then rename.
 
-The GLB is written here directly (JSON + one binary buffer) rather than by trimesh, whose exporter always
-stores COLOR_0 as 8-bit.
+The GLB is built with pygltflib (accessors, bufferViews, one binary buffer) rather than exported by trimesh,
+whose exporter always stores COLOR_0 as 8-bit. pygltflib's JSON writer drops null and empty values
+everywhere, extras included, so the scene extras are put back verbatim after it (`_GLTF2`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import enum
 import json
 import logging
 import os
-import struct
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pygltflib
 import trimesh
 
 from pipeline.errors import InvalidParameter
@@ -45,17 +46,6 @@ logger = logging.getLogger(__name__)
 Z_UP_TO_Y_UP = np.array(
     [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
 )
-
-# glTF 2.0 / GLB constants (Khronos spec, sections 4.4 and 5)
-_GLB_MAGIC = 0x46546C67  # "glTF"
-_GLB_VERSION = 2
-_CHUNK_JSON = 0x4E4F534A  # "JSON"
-_CHUNK_BIN = 0x004E4942  # "BIN\0"
-_FLOAT = 5126
-_UNSIGNED_INT = 5125
-_ARRAY_BUFFER = 34962
-_ELEMENT_ARRAY_BUFFER = 34963
-_TRIANGLES = 4
 
 GENERATOR = "triposr-serve pipeline.export"
 
@@ -177,96 +167,91 @@ def glb_bytes(parts: list[tuple[str, trimesh.Trimesh]], extras: dict | None = No
     Attributes: POSITION, NORMAL, COLOR_0 (linear float32 RGB, when the part has vertex colours); uint32
     indices; one matte material; `extras` on scenes[0].
     """
-    blobs: list[bytes] = []
-    views: list[dict] = []
-    accessors: list[dict] = []
-    offset = 0
+    gltf = _GLTF2(
+        asset=pygltflib.Asset(generator=GENERATOR, version="2.0"),
+        scene=0,
+        # matte, non-metal: glTF's default material is fully metallic, which renders vertex colours near black
+        materials=[
+            pygltflib.Material(
+                name="vertex_colour",
+                pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(
+                    baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=0.9
+                ),
+            )
+        ],
+    )
+    blob = bytearray()
 
     def add(array: np.ndarray, component: int, kind: str, target: int, with_bounds: bool = False) -> int:
-        nonlocal offset
         raw = np.ascontiguousarray(array).tobytes()
-        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(raw), "target": target})
-        blobs.append(raw)
-        pad = (-len(raw)) % 4  # every bufferView starts 4-byte aligned
-        blobs.append(b"\x00" * pad)
-        offset += len(raw) + pad
-        acc = {
-            "bufferView": len(views) - 1,
-            "componentType": component,
-            "count": len(array),
-            "type": kind,
-        }
+        gltf.bufferViews.append(
+            pygltflib.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(raw), target=target)
+        )
+        blob.extend(raw + b"\x00" * ((-len(raw)) % 4))  # every bufferView starts 4-byte aligned
+        accessor = pygltflib.Accessor(
+            bufferView=len(gltf.bufferViews) - 1, componentType=component, count=len(array), type=kind
+        )
         if with_bounds:
-            acc["min"] = [float(x) for x in array.min(axis=0)]
-            acc["max"] = [float(x) for x in array.max(axis=0)]
-        accessors.append(acc)
-        return len(accessors) - 1
+            accessor.min = [float(x) for x in array.min(axis=0)]
+            accessor.max = [float(x) for x in array.max(axis=0)]
+        gltf.accessors.append(accessor)
+        return len(gltf.accessors) - 1
 
-    meshes, nodes = [], []
     for name, mesh in parts:
         vertices = np.asarray(mesh.vertices, dtype=np.float32)
         normals = np.asarray(mesh.vertex_normals, dtype=np.float32)
         norm = np.linalg.norm(normals, axis=1, keepdims=True)
         normals = np.where(norm > 1e-6, normals / np.maximum(norm, 1e-6), np.array([0, 1, 0], np.float32))
-        attributes = {
-            "POSITION": add(vertices, _FLOAT, "VEC3", _ARRAY_BUFFER, with_bounds=True),
-            "NORMAL": add(normals.astype(np.float32), _FLOAT, "VEC3", _ARRAY_BUFFER),
-        }
+        attributes = pygltflib.Attributes(
+            POSITION=add(vertices, pygltflib.FLOAT, pygltflib.VEC3, pygltflib.ARRAY_BUFFER, with_bounds=True),
+            NORMAL=add(normals.astype(np.float32), pygltflib.FLOAT, pygltflib.VEC3, pygltflib.ARRAY_BUFFER),
+        )
         if mesh.visual.kind == "vertex":
             srgb = np.asarray(mesh.visual.vertex_colors[:, :3], dtype=np.float64) / 255.0
-            attributes["COLOR_0"] = add(
-                srgb_to_linear(srgb).astype(np.float32), _FLOAT, "VEC3", _ARRAY_BUFFER
-            )
+            linear = srgb_to_linear(srgb).astype(np.float32)
+            attributes.COLOR_0 = add(linear, pygltflib.FLOAT, pygltflib.VEC3, pygltflib.ARRAY_BUFFER)
         indices = add(
-            np.asarray(mesh.faces, dtype=np.uint32).ravel(), _UNSIGNED_INT, "SCALAR", _ELEMENT_ARRAY_BUFFER
+            np.asarray(mesh.faces, dtype=np.uint32).ravel(),
+            pygltflib.UNSIGNED_INT,
+            pygltflib.SCALAR,
+            pygltflib.ELEMENT_ARRAY_BUFFER,
         )
-        meshes.append(
-            {
-                "name": name,
-                "primitives": [
-                    {"attributes": attributes, "indices": indices, "material": 0, "mode": _TRIANGLES}
+        gltf.meshes.append(
+            pygltflib.Mesh(
+                name=name,
+                primitives=[
+                    pygltflib.Primitive(
+                        attributes=attributes, indices=indices, material=0, mode=pygltflib.TRIANGLES
+                    )
                 ],
-            }
+            )
         )
-        nodes.append({"name": name, "mesh": len(meshes) - 1})
+        gltf.nodes.append(pygltflib.Node(name=name, mesh=len(gltf.meshes) - 1))
 
-    scene: dict[str, Any] = {"nodes": list(range(len(nodes)))}
-    if extras:
-        scene["extras"] = extras
-    tree = {
-        "asset": {"version": "2.0", "generator": GENERATOR},
-        "scene": 0,
-        "scenes": [scene],
-        "nodes": nodes,
-        "meshes": meshes,
-        # matte, non-metal: glTF's default material is fully metallic, which renders vertex colours near black
-        "materials": [
-            {
-                "name": "vertex_colour",
-                "pbrMetallicRoughness": {
-                    "baseColorFactor": [1.0, 1.0, 1.0, 1.0],
-                    "metallicFactor": 0.0,
-                    "roughnessFactor": 0.9,
-                },
-            }
-        ],
-        "accessors": accessors,
-        "bufferViews": views,
-        "buffers": [{"byteLength": offset}],
-    }
-    body = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    body += b" " * ((-len(body)) % 4)
-    binary = b"".join(blobs)
-    total = 12 + 8 + len(body) + 8 + len(binary)
-    return b"".join(
-        [
-            struct.pack("<III", _GLB_MAGIC, _GLB_VERSION, total),
-            struct.pack("<II", len(body), _CHUNK_JSON),
-            body,
-            struct.pack("<II", len(binary), _CHUNK_BIN),
-            binary,
-        ]
-    )
+    gltf.scenes = [pygltflib.Scene(nodes=list(range(len(gltf.nodes))))]
+    gltf.scene_extras = extras or None
+    gltf.buffers = [pygltflib.Buffer(byteLength=len(blob))]
+    gltf.set_binary_blob(bytes(blob))
+    return b"".join(gltf.save_to_bytes())
+
+
+class _GLTF2(pygltflib.GLTF2):
+    """pygltflib.GLTF2 whose scenes[0].extras are written verbatim.
+
+    pygltflib's JSON writer drops every null or empty value, recursively and inside extras too, which would
+    lose e.g. `"object_size_m": null` or an empty `"job": {}`. The extras are kept out of the dataclass
+    tree and put back into the JSON that `save_to_bytes` packs.
+    """
+
+    scene_extras: dict | None = None
+
+    def gltf_to_json(self, separators: tuple[str, str] | None = None, indent: str | None = "  ") -> str:
+        text = super().gltf_to_json(separators=separators, indent=indent)
+        if not self.scene_extras:
+            return text
+        tree = json.loads(text)
+        tree["scenes"][0]["extras"] = self.scene_extras
+        return json.dumps(tree, separators=separators, indent=indent, allow_nan=False)
 
 
 def _parts(result: FusionResult) -> list[tuple[str, trimesh.Trimesh]]:
