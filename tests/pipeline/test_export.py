@@ -198,3 +198,13 @@ def test_orientation_matrix_is_a_proper_rotation_taking_z_to_y_and_x_to_z():
     assert rot @ [0, 0, 1] == pytest.approx([0, 1, 0])
     assert rot @ [1, 0, 0] == pytest.approx([0, 0, 1])
     assert json.loads(json.dumps(Z_UP_TO_Y_UP.tolist()))  # plain data, usable in reports
+
+
+def test_glb_extras_keep_null_and_empty_values(tmp_path):
+    """pygltflib drops None and empty containers when it serialises; the report must keep them verbatim."""
+    box = _tall_box()
+    path = export_result(_result(box), tmp_path / "out.glb", metadata={"source": None, "tags": []})
+    extras = pygltflib.GLTF2().load_binary(path).scenes[0].extras
+    assert extras["job"] == {"source": None, "tags": []}
+    assert extras["export"]["object_size_m"] is None
+    assert extras["export"]["target_faces"] is None
