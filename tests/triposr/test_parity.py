@@ -42,8 +42,9 @@ def test_backbone_output_matches_upstream(tiny_model, tiny_model_dir, input_imag
     np.testing.assert_allclose(out.numpy(), np.load(tiny_model_dir / "backbone_out.npy"), atol=ABS, rtol=0)
 
 
-@pytest.mark.parametrize(("image", "reference"), [("input.png", "scene_codes.npy"),
-                                                  ("input_large.png", "scene_codes_large.npy")])
+@pytest.mark.parametrize(
+    ("image", "reference"), [("input.png", "scene_codes.npy"), ("input_large.png", "scene_codes_large.npy")]
+)
 def test_scene_codes_match_upstream(tiny_model, tiny_model_dir, image, reference):
     with Image.open(tiny_model_dir / image) as im:
         codes = tiny_model.encode([im])
