@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .mesh import GLTF_FROM_NATIVE
+from .model import DEFAULT_CHUNK_SIZE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid size per axis")
     p.add_argument("--threshold", type=float, default=25.0, help="density iso-level")
     p.add_argument("--method", choices=("adaptive", "dense"), default="adaptive", help="mesh extraction")
-    p.add_argument("--chunk-size", type=int, default=8192, help="points per decoder call (memory bound)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="points per decoder call")
     p.add_argument("--native-frame", action="store_true", help="keep TripoSR's Z-up frame instead of Y-up")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
