@@ -27,3 +27,14 @@ def rembg_dir() -> Path:
     finally:
         sys.path.pop(0)
     return fetch_u2netp(DEFAULT_DEST).parent
+
+
+@pytest.fixture(scope="session")
+def ring_video(tmp_path_factory):
+    """A 4 s, 24 fps, 320x240 H.264 mp4 of the turning ring (tests/media.py), generated once per session.
+
+    Returns tests.media.RingVideo (path, size, fps, frame count, ring bbox); treat the file as read-only.
+    """
+    from tests.media import make_ring_video
+
+    return make_ring_video(tmp_path_factory.mktemp("media") / "ring.mp4")
