@@ -234,17 +234,17 @@ def _fail(row: dict[str, Any], stage: str, exc: BaseException) -> dict[str, Any]
     return row
 
 
-_REMOVERS: dict[tuple[str, str | None], Any] = {}
-
-
 def _remover(settings: Settings) -> Any:
-    """One rembg session per worker process (Ray reuses task workers), made on first use."""
-    key = (settings.rembg_model, str(settings.rembg_dir) if settings.rembg_dir else None)
-    if key not in _REMOVERS:
-        from pipeline.matting import BackgroundRemover
+    """The worker's rembg session (BackgroundRemover caches one per process; Ray reuses task workers)."""
+    import ray
 
-        _REMOVERS[key] = BackgroundRemover(model_name=settings.rembg_model, model_dir=settings.rembg_dir)
-    return _REMOVERS[key]
+    from pipeline.matting import BackgroundRemover
+
+    # onnxruntime would otherwise start one thread per core in every concurrent task.
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    return BackgroundRemover(
+        model_name=settings.rembg_model, model_dir=settings.rembg_dir, num_threads=threads
+    )
 
 
 def preprocess_batch(batch: Mapping[str, np.ndarray], settings: Settings) -> dict[str, np.ndarray]:
@@ -257,7 +257,8 @@ def preprocess_batch(batch: Mapping[str, np.ndarray], settings: Settings) -> dic
         start = time.perf_counter()
         try:
             if row["param_error"]:
-                raise InvalidParameter(*row["param_error"].split(": ", 1))
+                field, _, message = row["param_error"].partition(": ")
+                raise InvalidParameter(field, message)
             params = JobParams.from_mapping(json.loads(row["params"]))
             remover = _remover(settings) if params.remove_background else None
             pre = preprocess_stage(Path(row["input"]), params, remover)
@@ -310,7 +311,7 @@ class Reconstructor:
         from triposr import load_model
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        torch.set_num_threads(getattr(settings, "torch_threads", None) or max(1, int(cpus)))
+        torch.set_num_threads(settings.torch_threads or max(1, int(cpus)))
         # An actor without a GPU share stays on CPU even on a GPU node (it would use memory it was not given).
         device = settings.model_device or (None if gpus_per_actor > 0 else "cpu")
         self.model = load_model(
