@@ -43,10 +43,7 @@ class LocalHead:
 
     def env(self) -> dict[str, str]:
         """Environment for CLI calls against this head (and never against another cluster)."""
-        env = dict(os.environ)
-        env.pop("RAY_ADDRESS", None)
-        env["RAY_ADDRESS"] = self.dashboard_url
-        return env
+        return {**_ray_env(), "RAY_ADDRESS": self.dashboard_url}
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process.poll() is None:
@@ -60,6 +57,14 @@ class LocalHead:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _ray_env() -> dict[str, str]:
+    """Our environment minus any ambient cluster address, with Ray's token auth on explicitly: the head makes
+    ~/.ray/auth_token if absent, and the CLI (`ray job submit`) only sends it when the mode says `token`."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "token"
+    return env
 
 
 def _pids_using(temp_dir: Path) -> list[int]:
@@ -102,10 +107,10 @@ def start_head(*, num_cpus: int = 4, num_gpus: int = 1, timeout_s: float = 90.0)
         f"--object-manager-port={ports['object_manager']}",
         "--object-store-memory=500000000",
     ]  # fmt: skip
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True
+        )
     head = LocalHead(
         gcs_address=f"127.0.0.1:{ports['port']}",
         dashboard_url=f"http://127.0.0.1:{ports['dashboard']}",
@@ -131,8 +136,8 @@ def _wait_for_dashboard(head: LocalHead, timeout_s: float) -> None:
             tail = head.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"ray start exited early:\n{tail}")
         try:
-            # The jobs API answers once the head (GCS + dashboard) is up; 401 = up, with token auth (Ray's
-            # default since 2.5x; the CLI reads the token from ~/.ray/auth_token itself).
+            # The jobs API answers once the head (GCS + dashboard) is up; 401 = up, asking for the token
+            # (this probe does not send it).
             if httpx.get(f"{head.dashboard_url}/api/jobs/", timeout=2.0).status_code in (200, 401, 403):
                 return
         except httpx.HTTPError:
