@@ -1,17 +1,21 @@
 """Items per minute: the Ray Data batch path vs the same items through the HTTP service one by one.
 
-    python benchmarks/bench_batch.py [--items 6] [--num-frames 4] [--mc-resolution 64] [--model-source DIR]
+    python benchmarks/bench_batch.py [--items 6] [--num-frames 4] [--mc-resolution 64] [--merge best]
+                                     [--model-source DIR]
 
 Both paths run on one private local Ray head (tests/ops/raycluster.py: its own ports and temp dir, a logical
 GPU so the fractional-GPU actor/replica schedules) with the same generated ring videos, the same job
 parameters, the same model (default: the tiny fixture model, so the numbers measure orchestration and
-CPU stages, not a full-size TripoSR forward) and rembg u2netp.
+CPU stages, not a full-size TripoSR forward) and rembg u2netp. `--merge best` is the default because the
+TSDF fusion of `fused` costs the same per item on both paths and, on a small CPU machine, dwarfs everything
+else; pass `--merge fused` to measure the product default.
 
 - batch: `serve_app.batch.run_batch` from this driver, cold: the wall time includes starting the Ray Data
   workers and loading the model in the actor, as every `ray job submit` run pays it.
 - HTTP: the Serve app deployed once (its deploy time is printed apart), one warm-up job, then each item
   POSTed to /reconstruct, polled to `succeeded` and its GLB downloaded before the next one is sent.
-Prints the device, each path's wall time and items/min, and batch/HTTP as a throughput ratio.
+Prints the device, each path's wall time and items/min, batch/HTTP as a throughput ratio, and which of the
+service's custom metrics (ray_triposr_*) Ray's Prometheus endpoint exported during the HTTP jobs.
 """
 
 from __future__ import annotations
@@ -72,7 +76,11 @@ def run_http_path(videos: list[Path], warmup: Path, settings, params) -> tuple[f
     serve.run(build(settings), name="triposr", route_prefix="/")
     deploy_s = time.perf_counter() - t0
     url = f"http://127.0.0.1:{_get_global_client().http_config.port}"
-    fields = {"num_frames": str(params.num_frames), "mc_resolution": str(params.mc_resolution)}
+    fields = {
+        "num_frames": str(params.num_frames),
+        "mc_resolution": str(params.mc_resolution),
+        "merge": params.merge.value,
+    }
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             _one_job(client, warmup, fields)
@@ -99,11 +107,28 @@ def _one_job(client, video: Path, fields: dict[str, str]) -> None:
     client.get(f"/reconstruct/result/{job_id}").raise_for_status()
 
 
+def scrape_custom_metrics(port: int, timeout_s: float = 30.0) -> set[str]:
+    """Names of the ray_triposr_* series on Ray's Prometheus endpoint (metrics arrive every few seconds)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    names: set[str] = set()
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lines = [line for line in text.splitlines() if line.startswith("ray_triposr_")]
+        names = {line.split("{")[0].split(" ")[0] for line in lines}
+        if any(n.startswith("ray_triposr_jobs_total") for n in names):
+            break
+        time.sleep(2)
+    return names
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=6)
     parser.add_argument("--num-frames", type=int, default=4)
     parser.add_argument("--mc-resolution", type=int, default=64)
+    parser.add_argument("--merge", default="best", choices=["fused", "best", "all"])
     parser.add_argument("--model-source", default=str(ROOT / "tests" / "fixtures" / "tiny"))
     args = parser.parse_args()
 
@@ -120,7 +145,9 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING)
     rembg_dir = fetch_u2netp(DEFAULT_DEST).parent
-    params = JobParams(num_frames=args.num_frames, mc_resolution=args.mc_resolution)
+    params = JobParams.from_mapping(
+        {"num_frames": args.num_frames, "mc_resolution": args.mc_resolution, "merge": args.merge}
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     settings = Settings().merged(
         {
@@ -142,6 +169,7 @@ def main() -> int:
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
         batch_s, summary = run_batch_path(work / "inputs", work / "batch-out", settings, params)
         http_s, deploy_s = run_http_path(videos, warmup, settings, params)
+        exported = scrape_custom_metrics(head.metrics_port)
     finally:
         ray.shutdown()
         head.stop()
@@ -151,15 +179,15 @@ def main() -> int:
     http_rate = 60.0 * args.items / http_s
     print(f"device: {_cpu_name()} ({len(os.sched_getaffinity(0))} cores), no GPU "
           f"(logical GPU for scheduling); model: {args.model_source}")  # fmt: skip
-    print(
-        f"items: {args.items} ring videos, num_frames={args.num_frames}, mc_resolution={args.mc_resolution}"
-    )
+    print(f"items: {args.items} ring videos, num_frames={args.num_frames}, "
+          f"mc_resolution={args.mc_resolution}, merge={args.merge}")  # fmt: skip
     print(f"batch (Ray Data, cold, 1 actor @ 0.5 GPU, batch_size 2): {batch_s:7.1f} s  "
           f"{batch_rate:6.2f} items/min  ({ok}/{args.items} succeeded)")  # fmt: skip
     print(
         f"HTTP one by one (warm; deploy took {deploy_s:.1f} s):   {http_s:7.1f} s  {http_rate:6.2f} items/min"
     )
     print(f"batch/HTTP throughput = {batch_rate / http_rate:.2f}x")
+    print("custom metrics exported: " + (", ".join(sorted(exported)) or "none within 30 s"))
     return 0
 
 
