@@ -134,6 +134,8 @@ def main() -> int:
 
     import logging
 
+    # The private head runs with Ray's token auth (tests/ops/raycluster.py); this driver must send the token.
+    os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     from pipeline.params import JobParams

@@ -73,6 +73,8 @@ def test_cluster_setup_installs_project_and_caches_weights(cluster):
     assert Path(".") in mounted  # the project itself, relative to where `ray up` runs (the repo root)
     assert any("ray start --head" in c for c in cluster["head_start_ray_commands"])
     assert any("ray start --address=$RAY_HEAD_IP" in c for c in cluster["worker_start_ray_commands"])
+    # One auth token for every node and the laptop CLI (Ray 2.60 starts clusters with token auth).
+    assert cluster["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 def test_ray_version_is_the_same_everywhere(cluster, rayservice):
