@@ -1,0 +1,176 @@
+"""The TripoSR network: mirrors upstream `tsr/system.py` (class TSR) - image encoder, triplane tokens,
+backbone, upsampler, NeRF decoder - plus the inference helpers `encode`, `query` and `extract_mesh`.
+
+`TripoSR(config)` only builds the modules (it works on the `meta` device); weights come from
+`loading.load_model`. Volume rendering (`TSR.render`) and texture baking are left out: the service only needs
+meshes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+from torch import nn
+
+from . import mesh as mesh_ops
+from .config import TripoSRConfig
+from .decoder import NeRFMLP, TriplaneQuery
+from .images import ImageLike, resize_square, to_float_rgb
+from .transformer import Transformer1D
+from .triplane import TriplaneTokenizer, TriplaneUpsampler
+from .vit import DINOImageTokenizer
+
+DEFAULT_CHUNK_SIZE = 8192  # points per decoder call, as upstream's run.py; bounds query memory on any device
+
+
+class TripoSR(nn.Module):
+    """Single image -> triplane scene code -> density / colour field -> mesh."""
+
+    def __init__(self, config: TripoSRConfig, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        super().__init__()
+        self.config = config
+        self.chunk_size = chunk_size
+        self.half_precision = False  # encoder weights in float16 (CUDA only; set by load_model)
+        self.image_tokenizer = DINOImageTokenizer(**config.vit.module_kwargs())
+        self.tokenizer = TriplaneTokenizer(plane_size=config.plane_size, num_channels=config.num_channels)
+        self.backbone = Transformer1D(
+            in_channels=config.num_channels,
+            num_attention_heads=config.num_attention_heads,
+            attention_head_dim=config.attention_head_dim,
+            num_layers=config.num_layers,
+            cross_attention_dim=config.cross_attention_dim,
+            norm_num_groups=config.norm_num_groups,
+            attention_bias=config.attention_bias,
+        )
+        self.post_processor = TriplaneUpsampler(
+            in_channels=config.num_channels, out_channels=config.plane_channels
+        )
+        self.decoder = NeRFMLP(
+            in_channels=config.decoder_in_channels,
+            n_neurons=config.decoder_neurons,
+            n_hidden_layers=config.decoder_hidden_layers,
+            activation=config.decoder_activation,
+        )
+        self.triplane_query = TriplaneQuery(radius=config.radius, density_bias=config.density_bias)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    # ---- image -> scene code -------------------------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Images of any size -> (B, 3, S, S) float32 in [0, 1] on the model's device, S = cond_image_size."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)  # (B, H, W, 3)
+        elif isinstance(images, np.ndarray | Image.Image):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("encode needs at least one image")
+        size = self.config.cond_image_size
+        return torch.stack([resize_square(to_float_rgb(im).to(self.device), size) for im in images])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, S, S) in [0, 1] -> scene codes (B, 3, C', 2P, 2P)."""
+        image_tokens = self.image_tokenizer(pixels)  # (B, 1 + N, D), CLS first
+        tokens = self.tokenizer(pixels.shape[0])  # (B, C, 3*P*P)
+        tokens = self.backbone(tokens, image_tokens)  # (B, C, 3*P*P)
+        planes = self.tokenizer.detokenize(tokens)  # (B, 3, C, P, P)
+        return self.post_processor(planes)  # (B, 3, C', 2P, 2P)
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """HxWx3 uint8 arrays or PIL images (any size; stretched to a square like upstream) -> scene codes (B,
+        3, C, H, W) float32 on the model's device."""
+        pixels = self.preprocess(images)
+        if not self.half_precision:
+            return self.forward(pixels)
+        # float16 weights; autocast keeps LayerNorm/GroupNorm/softmax statistics in float32
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16):
+            return self.forward(pixels.half()).float()
+
+    # ---- scene code -> field -> mesh ----------------------------------------------------------------------
+
+    def _scene_code(self, scene_code: torch.Tensor) -> torch.Tensor:
+        if scene_code.ndim == 5 and scene_code.shape[0] == 1:
+            scene_code = scene_code[0]
+        if scene_code.ndim != 4 or scene_code.shape[0] != 3:
+            raise ValueError(f"expected one scene code (3, C, H, W), got shape {tuple(scene_code.shape)}")
+        return scene_code.to(self.device, torch.float32)
+
+    @torch.inference_mode()
+    def query(self, points: torch.Tensor, scene_code: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Field at world points (..., 3) for one scene code (3, C, H, W): dict of density (..., 1) raw,
+        features (..., 3) raw, density_act (..., 1) = exp(density + density_bias), color (..., 3) =
+        sigmoid(features). Evaluated in chunks of `chunk_size` points."""
+        code = self._scene_code(scene_code)
+        lead = points.shape[:-1]
+        flat = points.reshape(-1, 3).to(self.device, torch.float32)
+        step = self.chunk_size if self.chunk_size > 0 else max(flat.shape[0], 1)
+        parts = [
+            self.triplane_query(self.decoder, flat[i : i + step], code) for i in range(0, flat.shape[0], step)
+        ]
+        if not parts:
+            parts = [self.triplane_query(self.decoder, flat, code)]
+        return {k: torch.cat([p[k] for p in parts]).reshape(*lead, -1) for k in parts[0]}
+
+    def density_field(self, scene_code: torch.Tensor) -> mesh_ops.Field:
+        """The function marching cubes thresholds: world points (N, 3) -> density_act (N,)."""
+        code = self._scene_code(scene_code)
+        query, decoder = self.triplane_query, self.decoder
+
+        def field(points: torch.Tensor) -> torch.Tensor:
+            return torch.exp(query.log_density(decoder, points, code))
+
+        return field
+
+    @torch.inference_mode()
+    def extract_mesh(
+        self,
+        scene_code: torch.Tensor,
+        resolution: int = 256,
+        threshold: float = 25.0,
+        with_colors: bool = True,
+        method: Literal["adaptive", "dense"] = "adaptive",
+    ) -> trimesh.Trimesh:
+        """Surface density_act = threshold of one scene code (3, C, H, W) -> mesh in TripoSR's native frame (Z
+        up, camera on +X, world units in [-radius, radius]), vertex colours uint8 RGBA. No surface -> empty
+        mesh.
+
+        method "dense" evaluates all resolution^3 grid samples like upstream; "adaptive" (default) refines a
+        coarse grid only where surface can be (`mesh.extract_adaptive`) and gives the same surface for far
+        fewer queries.
+        """
+        surface = self.extract_surface(scene_code, resolution, threshold, method=method)
+        if len(surface.faces) == 0:
+            return trimesh.Trimesh()
+        colors = None
+        if with_colors:
+            rgb = self.query(torch.from_numpy(surface.vertices), scene_code)["color"].float().cpu().numpy()
+            colors = np.empty((len(rgb), 4), dtype=np.uint8)
+            colors[:, :3] = np.clip(np.round(rgb * 255.0), 0, 255)
+            colors[:, 3] = 255
+        return trimesh.Trimesh(vertices=surface.vertices, faces=surface.faces, vertex_colors=colors)
+
+    @torch.inference_mode()
+    def extract_surface(
+        self,
+        scene_code: torch.Tensor,
+        resolution: int = 256,
+        threshold: float = 25.0,
+        *,
+        method: Literal["adaptive", "dense"] = "adaptive",
+    ) -> mesh_ops.Surface:
+        """Vertices and faces without colours, plus the number of field queries (see `extract_mesh`)."""
+        field = self.density_field(scene_code)
+        common = dict(radius=self.config.radius, chunk_size=max(self.chunk_size, 1), device=self.device)
+        if method == "dense":
+            return mesh_ops.extract_dense(field, resolution, threshold, **common)
+        if method == "adaptive":
+            return mesh_ops.extract_adaptive(field, resolution, threshold, log_domain=True, **common)
+        raise ValueError(f"method must be 'adaptive' or 'dense', got {method!r}")
