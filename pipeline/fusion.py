@@ -1,0 +1,406 @@
+"""Fuse per-frame TripoSR meshes into one result (pure numpy/scipy/trimesh/PyMCubes, no Ray).
+
+`fuse_meshes(meshes, strategy=..., scores=..., resolution=...) -> FusionResult` cleans every frame, picks a
+reference (the best-scoring frame, else the shape medoid), aligns the others to it (`pipeline.alignment`),
+rejects frames whose alignment error is an outlier, and then, by strategy:
+
+* `fused` (default for 2+ frames): averages a truncated signed distance field of the aligned frames on one
+  grid and runs marching cubes once -> one watertight mesh; vertex colours come from the nearest input
+  surfaces, weighted towards frames that saw that side (their camera on +X).
+* `best`: the reference frame alone (cleaned, centred). No alignment is run.
+* `all`: a `trimesh.Scene` with one node per kept, aligned frame, for inspection.
+
+The result is in TripoSR's native frame (Z up, camera of the reference frame on +X), centred on the
+reference's surface centroid, in the reference's units; `pipeline.export` turns it Y-up for glTF. `report` is
+JSON-able. Decimation and scaling to a real size are export options (`pipeline.export`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from pipeline.alignment import (
+    Alignment,
+    CleanMesh,
+    _Target,
+    align_to_reference,
+    clean_mesh,
+    main_components,
+    medoid_index,
+    sample_surface,
+)
+from pipeline.errors import FusionError, InvalidParameter
+from pipeline.params import MergeStrategy
+
+logger = logging.getLogger(__name__)
+
+RESOLUTION_RANGE = (32, 512)
+DEFAULT_RESOLUTION = 160  # grid cells along the longest side; see benchmarks/bench_fusion.py for the cost
+BAND_VOXELS = 2  # the signed distance is computed within this many voxels of a surface, clamped beyond
+PAD_VOXELS = 3  # empty margin around the objects so marching cubes closes the surface
+SAMPLES_PER_VOXEL_AREA = (
+    2.0  # surface samples per voxel face area (~0.7 voxel apart): every crossed voxel gets one
+)
+# Outlier rule on alignment errors (fraction of the reference RMS radius): reject when above
+# median + MAD_K * 1.4826 * MAD and above RELATIVE_FLOOR * median; always reject above HARD_ERROR_LIMIT.
+MAD_K = 4.0
+RELATIVE_FLOOR = 1.5
+HARD_ERROR_LIMIT = 0.08
+DEGENERATE_FRACTION = 0.5  # the axis is degenerate when at least this share of aligned frames is ambiguous
+
+
+@dataclass
+class FusionResult:
+    """Output of `fuse_meshes`: exactly one of `mesh` / `scene` is set."""
+
+    mesh: trimesh.Trimesh | None  # fused or best mesh (native Z-up frame); None for strategy ALL
+    scene: trimesh.Scene | None  # strategy ALL: one node per kept, aligned frame
+    report: dict  # JSON-able: per-frame alignment error, kept/rejected + reason, degenerate_axis, faces
+
+
+def fuse_meshes(
+    meshes: Sequence[trimesh.Trimesh],
+    *,
+    strategy: MergeStrategy | str = MergeStrategy.FUSED,
+    scores: Sequence[float] | None = None,
+    resolution: int = DEFAULT_RESOLUTION,
+    job_id: str | None = None,
+) -> FusionResult:
+    """Fuse per-frame meshes (TripoSR native frame, any units) into one result.
+
+    Parameters
+    ----------
+    meshes : per-frame meshes in frame order; empty meshes and non-finite vertices are handled (reported).
+    strategy : fused | best | all (see the module docstring). With one usable frame every strategy returns it.
+    scores : per-frame quality (higher = better), same length as `meshes`; picks the reference frame.
+        Without scores the reference is the medoid of a turn-invariant shape descriptor.
+    resolution : grid cells along the longest side of the fused volume (32..512).
+    job_id : only used in log lines.
+
+    Raises
+    ------
+    InvalidParameter : bad strategy, resolution or scores length.
+    FusionError : no meshes, or no usable mesh (the message gives each frame's reason).
+    """
+    started = time.perf_counter()
+    try:
+        strategy = MergeStrategy(strategy)
+    except ValueError:
+        raise InvalidParameter("merge", f"{strategy!r} is not one of fused, best, all") from None
+    if not RESOLUTION_RANGE[0] <= int(resolution) <= RESOLUTION_RANGE[1]:
+        raise InvalidParameter("resolution", f"{resolution} is outside {list(RESOLUTION_RANGE)}")
+    if len(meshes) == 0:
+        raise FusionError("no meshes to fuse (0 frames)")
+    if scores is not None:
+        if len(scores) != len(meshes):
+            raise InvalidParameter("scores", f"{len(scores)} scores for {len(meshes)} meshes")
+        scores = [float(s) if s is not None and np.isfinite(s) else -np.inf for s in scores]
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cleans: list[CleanMesh] = []
+    frames: list[dict] = []
+    for i, mesh in enumerate(meshes):
+        clean, info = clean_mesh(mesh, i)
+        info.update(
+            kept=clean is not None,
+            alignment_error=None,
+            turn_deg=None,
+            tilt_deg=None,
+            scale=None,
+            turn_ambiguous=None,
+            transform=None,
+        )
+        frames.append(info)
+        if clean is not None:
+            cleans.append(clean)
+    timings["clean"] = time.perf_counter() - t0
+    if not cleans:
+        reasons = ", ".join(f"frame {f['index']}: {f['reason']}" for f in frames)
+        raise FusionError(f"no usable mesh among {len(meshes)} frames ({reasons})")
+
+    # reference: best score, else the shape medoid
+    if scores is not None:
+        ref_pos = max(range(len(cleans)), key=lambda k: scores[cleans[k].index])
+        reference_choice = "best_score"
+    elif len(cleans) > 2:
+        ref_pos = medoid_index(cleans)
+        reference_choice = "medoid"
+    else:
+        ref_pos = 0
+        reference_choice = "first_usable"
+    ref = cleans[ref_pos]
+    report: dict = {
+        "strategy_requested": strategy.value,
+        "strategy": strategy.value,
+        "reference_frame": ref.index,
+        "reference_choice": reference_choice,
+        "units": "input mesh units (TripoSR: [-0.87, 0.87] box); alignment errors: fraction of RMS radius",
+        "resolution": int(resolution),
+        "degenerate_axis": None,
+        "warnings": [],
+        "frames": frames,
+    }
+    frames[ref.index].update(
+        alignment_error=0.0,
+        turn_deg=0.0,
+        tilt_deg=0.0,
+        scale=1.0,
+        reference=True,
+        transform=_to_list(_translation(-ref.centroid)),
+    )
+
+    if strategy is MergeStrategy.BEST or len(cleans) == 1:
+        if len(cleans) == 1 and strategy is not MergeStrategy.BEST:
+            report["warnings"].append(
+                f"only one usable frame: returning it unfused (asked for {strategy.value})"
+            )
+            report["strategy"] = MergeStrategy.BEST.value
+        for c in cleans:
+            if c is not ref:
+                frames[c.index].update(kept=False, reason="not_used_by_strategy_best")
+        mesh = ref.mesh.copy()
+        return _finish(FusionResult(mesh, None, report), report, timings, started, job_id)
+
+    # align every other frame to the reference
+    t0 = time.perf_counter()
+    target = _Target(ref)
+    aligned: dict[int, Alignment] = {}
+    for c in cleans:
+        if c is ref:
+            continue
+        a = align_to_reference(c, ref, target)
+        aligned[c.index] = a
+        frames[c.index].update(
+            alignment_error=round(a.error, 6),
+            turn_deg=round(a.turn_deg, 3),
+            tilt_deg=round(a.tilt_deg, 3),
+            scale=round(a.scale, 6),
+            turn_ambiguous=a.turn_ambiguous,
+            transform=_to_list(a.matrix @ _translation(-c.centroid)),
+        )
+    timings["align"] = time.perf_counter() - t0
+
+    rejected = _reject_outliers({i: a.error for i, a in aligned.items()}, report)
+    for i in rejected:
+        frames[i].update(kept=False, reason="alignment_outlier")
+    kept = [ref] + [c for c in cleans if c is not ref and c.index not in rejected]
+    kept_aligned = [aligned[c.index] for c in kept[1:]]
+    if kept_aligned:
+        ambiguous = sum(a.turn_ambiguous for a in kept_aligned)
+        report["degenerate_axis"] = bool(ambiguous >= DEGENERATE_FRACTION * len(kept_aligned))
+    if report["degenerate_axis"]:
+        report["warnings"].append(
+            "the object looks rotationally symmetric about its vertical axis: the turn between frames cannot "
+            "be observed from shape, so turns are not reported and colours around the axis may be mixed"
+        )
+        for c in kept[1:]:
+            frames[c.index]["turn_deg"] = None
+
+    meshes_aligned = [ref.mesh] + [_transformed(c.mesh, aligned[c.index].matrix) for c in kept[1:]]
+    if strategy is MergeStrategy.ALL:
+        scene = trimesh.Scene()
+        for c, m in zip(kept, meshes_aligned, strict=True):
+            scene.add_geometry(m, node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
+        return _finish(FusionResult(None, scene, report), report, timings, started, job_id)
+
+    if len(kept) == 1:
+        report["warnings"].append("every other frame was rejected: returning the reference frame unfused")
+        report["strategy"] = MergeStrategy.BEST.value
+        return _finish(FusionResult(ref.mesh.copy(), None, report), report, timings, started, job_id)
+
+    cameras = [np.array([1.0, 0.0, 0.0])] + [_unit(a.matrix[:3, :3] @ [1.0, 0.0, 0.0]) for a in kept_aligned]
+    mesh = fuse_aligned(meshes_aligned, cameras, resolution, timings)
+    return _finish(FusionResult(mesh, None, report), report, timings, started, job_id)
+
+
+def fuse_aligned(
+    meshes: Sequence[trimesh.Trimesh],
+    cameras: Sequence[np.ndarray],
+    resolution: int,
+    timings: dict[str, float] | None = None,
+) -> trimesh.Trimesh:
+    """Average the truncated signed distance of already aligned meshes and extract one watertight surface.
+
+    cameras: per mesh, the unit direction (3,) towards the camera that saw it, used to weight colours.
+    """
+    timings = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    lo = np.min([m.bounds[0] for m in meshes], axis=0)
+    hi = np.max([m.bounds[1] for m in meshes], axis=0)
+    voxel = float((hi - lo).max()) / (resolution - 1)
+    origin = lo - PAD_VOXELS * voxel
+    shape = tuple(int(n) for n in np.ceil((hi - lo) / voxel).astype(int) + 1 + 2 * PAD_VOXELS)
+    total = np.zeros(shape, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    for mesh in meshes:
+        total += _truncated_sdf(mesh, origin, voxel, shape, rng)
+    total /= len(meshes)
+    timings["field"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    import mcubes  # PyMCubes; imported here so importing the module stays cheap
+
+    # PyMCubes treats values above the iso-level as inside and winds triangles counter-clockwise seen from
+    # outside for that convention, so hand it -sdf (inside positive)
+    vertices, faces = mcubes.marching_cubes(-total, 0.0)
+    vertices = origin + vertices * voxel
+    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
+    mesh, _ = main_components(mesh, 0.05)
+    if mesh.is_watertight and mesh.volume < 0:
+        mesh.invert()
+    timings["marching_cubes"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    colours = _transfer_colours(mesh, meshes, cameras, voxel)
+    if colours is not None:
+        mesh.visual.vertex_colors = colours
+    timings["colours"] = time.perf_counter() - t0
+    return mesh
+
+
+def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> np.ndarray:
+    """Truncated signed distance (negative inside) of one closed mesh on the grid, float32 `shape`.
+
+    Narrow band: dense surface samples mark the voxels the surface crosses; within BAND_VOXELS of them the
+    distance is point-to-plane to the nearest sample (a smooth, signed estimate). Beyond the band the value is
+    +-trunc, the sign found by flood fill: band-free regions connected to the grid border are outside. An open
+    mesh lets the fill leak inside; then the sign comes from the nearest sample's normal everywhere (slower).
+    Cost ~ surface area / voxel^2, not grid volume: a KD-tree query only for band voxels.
+    """
+    trunc = BAND_VOXELS * voxel
+    count = int(np.clip(SAMPLES_PER_VOXEL_AREA * mesh.area / voxel**2, 10_000, 4_000_000))
+    points, face = sample_surface(mesh, count, rng)
+    normals = mesh.face_normals[face]
+    ijk = np.clip(np.rint((points - origin) / voxel).astype(np.int64), 0, np.array(shape) - 1)
+    band = np.zeros(shape, dtype=bool)
+    band[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
+    band = ndimage.binary_dilation(
+        band, structure=ndimage.generate_binary_structure(3, 3), iterations=BAND_VOXELS
+    )
+    labels, _ = ndimage.label(~band)
+    border = np.unique(
+        np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()])
+    )
+    border = border[border > 0]
+    inside = (labels > 0) & ~np.isin(labels, border)
+    tree = cKDTree(points)
+    field = np.where(inside, -trunc, trunc).astype(np.float32)
+    # nothing inside means the fill leaked through a hole (or the object is thinner than the band); a closed
+    # mesh also tells how many voxels it should enclose
+    n_inside = int(inside.sum())
+    leaked = n_inside == 0
+    if mesh.is_watertight and not leaked:
+        leaked = n_inside + 0.5 * band.sum() < 0.5 * abs(mesh.volume) / voxel**3
+    query = np.ones(shape, dtype=bool) if leaked else band
+    idx = np.nonzero(query)
+    coords = origin + np.stack(idx, axis=1) * voxel
+    # band voxels lie within (BAND_VOXELS + 1) * sqrt(3) voxels of a sample; the bound speeds the search up
+    bound = np.inf if leaked else (BAND_VOXELS + 1) * 2.0 * voxel
+    _, nearest = tree.query(coords, distance_upper_bound=bound, workers=-1)
+    found = nearest < len(points)
+    signed = np.einsum("ij,ij->i", coords[found] - points[nearest[found]], normals[nearest[found]])
+    field[tuple(i[found] for i in idx)] = np.clip(signed, -trunc, trunc)
+    if leaked:
+        logger.debug("mesh not closed (or fill leaked): sign from normals on the whole grid")
+    return field
+
+
+def _transfer_colours(mesh, sources, cameras, voxel: float) -> np.ndarray | None:
+    """(V, 4) uint8 sRGB colours for `mesh` from the nearest vertices of the coloured `sources`.
+
+    Averaged in linear light, weighted by closeness (1 / (d + voxel/2)^2) and by how squarely each source's
+    camera saw that side (0.2 + max(0, normal . camera)): TripoSR invents the far side of every frame.
+    """
+    from pipeline.export import linear_to_srgb, srgb_to_linear
+
+    normals = mesh.vertex_normals
+    acc = np.zeros((len(mesh.vertices), 3))
+    weight = np.zeros(len(mesh.vertices))
+    for src, cam in zip(sources, cameras, strict=True):
+        if src.visual.kind != "vertex":
+            continue
+        lin = srgb_to_linear(np.asarray(src.visual.vertex_colors[:, :3], dtype=np.float64) / 255.0)
+        dist, nearest = cKDTree(src.vertices).query(mesh.vertices, workers=-1)
+        w = (0.2 + np.maximum(0.0, normals @ cam)) / (dist + 0.5 * voxel) ** 2
+        acc += w[:, None] * lin[nearest]
+        weight += w
+    if not weight.any():
+        return None
+    lin = acc / np.maximum(weight, 1e-30)[:, None]
+    rgb = np.rint(linear_to_srgb(lin) * 255.0)
+    return np.concatenate([rgb, np.full((len(rgb), 1), 255.0)], axis=1).astype(np.uint8)
+
+
+def _reject_outliers(errors: dict[int, float], report: dict) -> set[int]:
+    """Frames whose alignment error is an outlier (robust: median / MAD), or above the hard limit."""
+    if not errors:
+        return set()
+    values = np.array(list(errors.values()))
+    rejected = {i for i, e in errors.items() if e > HARD_ERROR_LIMIT}
+    threshold = HARD_ERROR_LIMIT
+    if len(values) >= 3:
+        med = float(np.median(values))
+        mad = float(np.median(np.abs(values - med)))
+        threshold = min(HARD_ERROR_LIMIT, max(med + MAD_K * 1.4826 * mad, RELATIVE_FLOOR * med))
+        rejected |= {i for i, e in errors.items() if e > threshold}
+    report["outlier_threshold"] = round(threshold, 6)
+    return rejected
+
+
+def _finish(result: FusionResult, report: dict, timings, started: float, job_id: str | None) -> FusionResult:
+    frames = report["frames"]
+    report["frames_used"] = [f["index"] for f in frames if f["kept"]]
+    report["frames_rejected"] = [
+        {"index": f["index"], "reason": f["reason"]} for f in frames if not f["kept"]
+    ]
+    if result.mesh is not None:
+        report["faces"] = len(result.mesh.faces)
+        report["vertices"] = len(result.mesh.vertices)
+        report["watertight"] = bool(result.mesh.is_watertight)
+    else:
+        report["faces"] = int(sum(len(g.faces) for g in result.scene.geometry.values()))
+        report["vertices"] = int(sum(len(g.vertices) for g in result.scene.geometry.values()))
+        report["watertight"] = None
+    timings["total"] = time.perf_counter() - started
+    report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    logger.info(
+        "fusion done job_id=%s strategy=%s frames_used=%s rejected=%s degenerate_axis=%s faces=%d in %.2fs",
+        job_id,
+        report["strategy"],
+        report["frames_used"],
+        report["frames_rejected"],
+        report["degenerate_axis"],
+        report["faces"],
+        timings["total"],
+    )
+    return result
+
+
+def _translation(offset: np.ndarray) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = offset
+    return m
+
+
+def _transformed(mesh: trimesh.Trimesh, matrix: np.ndarray) -> trimesh.Trimesh:
+    out = mesh.copy()
+    out.apply_transform(matrix)
+    return out
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _to_list(matrix: np.ndarray) -> list[list[float]]:
+    return [[round(float(x), 8) for x in row] for row in matrix]
