@@ -14,7 +14,7 @@ from typing import Any
 from ray import serve
 
 from pipeline.params import JobParams
-from pipeline.runner import load_mesh, merge_stage
+from pipeline.runner import merge_files
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -24,18 +24,6 @@ logger = logging.getLogger(__name__)
 class Export:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-
-    def _run(
-        self,
-        mesh_paths: list[str],
-        scores: list[float] | None,
-        params: JobParams,
-        result_path: str,
-        metadata: dict,
-    ) -> dict[str, Any]:
-        meshes = [load_mesh(Path(p)) for p in mesh_paths]
-        path, report = merge_stage(meshes, scores, params, Path(result_path), metadata=metadata)
-        return {"result_path": str(path), "report": report}
 
     async def __call__(
         self,
@@ -49,4 +37,6 @@ class Export:
         """Returns {result_path: str, report: dict}."""
         logger.info("export job_id=%s meshes=%d", job_id, len(mesh_paths))
         job_params = JobParams.from_mapping(params)
-        return await asyncio.to_thread(self._run, mesh_paths, scores, job_params, result_path, metadata)
+        return await asyncio.to_thread(
+            merge_files, mesh_paths, scores, job_params, Path(result_path), metadata=metadata, job_id=job_id
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
 class Reconstruct:
     def __init__(self, settings: Settings) -> None:
         import torch
+
         from triposr import load_model
 
         assigned = ray.get_runtime_context().get_assigned_resources()
@@ -62,6 +64,7 @@ class Reconstruct:
         cfg = {**DEFAULT_BATCH, **(config or {})}
         self._batched.set_max_batch_size(int(cfg["max_batch_size"]))
         self._batched.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+        self._batch_config = cfg
         logger.info(
             "batching: max_batch_size=%s wait=%ss", cfg["max_batch_size"], cfg["batch_wait_timeout_s"]
         )
@@ -98,6 +101,8 @@ class Reconstruct:
         """Batches seen by this replica: how many, their sizes, and how many mixed frames of several jobs."""
         batches = list(self._batches)
         return {
+            "pid": os.getpid(),  # unchanged across reconfigure: the replica was not restarted
+            "config": dict(self._batch_config),
             "batches": len(batches),
             "frames": sum(b["size"] for b in batches),
             "max_size": max((b["size"] for b in batches), default=0),

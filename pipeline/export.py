@@ -115,7 +115,7 @@ def export_result(
         ]
     scale = 1.0
     if object_size_m is not None:
-        extent = float(np.max(np.concatenate([m.bounds for _, m in parts]).ptp(axis=0)))
+        extent = float(np.ptp(np.concatenate([m.bounds for _, m in parts]), axis=0).max())
         scale = object_size_m / max(extent, 1e-12)
     transform = Z_UP_TO_Y_UP.copy()
     transform[:3, :3] *= scale
@@ -166,10 +166,11 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
 
 
 def glb_bytes(parts: list[tuple[str, trimesh.Trimesh]], extras: dict | None = None) -> bytes:
-    """Binary glTF 2.0 with one node + mesh per part: POSITION, NORMAL, COLOR_0 (linear float RGB, when the
-    part
-    has vertex colours) and uint32 indices; one matte material; `extras` on scenes[0] (and a copy-free
-    asset)."""
+    """Binary glTF 2.0 bytes, one node + mesh per part.
+
+    Attributes: POSITION, NORMAL, COLOR_0 (linear float32 RGB, when the part has vertex colours); uint32
+    indices; one matte material; `extras` on scenes[0].
+    """
     blobs: list[bytes] = []
     views: list[dict] = []
     accessors: list[dict] = []

@@ -34,8 +34,8 @@ from pipeline.alignment import (
     align_to_reference,
     clean_mesh,
     main_components,
-    medoid_index,
     sample_surface,
+    shape_outliers,
 )
 from pipeline.errors import FusionError, InvalidParameter
 from pipeline.params import MergeStrategy
@@ -43,7 +43,9 @@ from pipeline.params import MergeStrategy
 logger = logging.getLogger(__name__)
 
 RESOLUTION_RANGE = (32, 512)
-DEFAULT_RESOLUTION = 160  # grid cells along the longest side; see benchmarks/bench_fusion.py for the cost
+# Grid cells along the longest side. 128 gives ~90k faces for a tyre (a TripoSR frame at 256: ~100k) and costs
+# ~1 s CPU per 100k-face frame on the 2-core dev box (160: ~1.4 s); benchmarks/bench_fusion.py measures it.
+DEFAULT_RESOLUTION = 128
 BAND_VOXELS = 2  # the signed distance is computed within this many voxels of a surface, clamped beyond
 PAD_VOXELS = 3  # empty margin around the objects so marching cubes closes the surface
 SAMPLES_PER_VOXEL_AREA = (
@@ -90,7 +92,7 @@ def fuse_meshes(
     InvalidParameter : bad strategy, resolution or scores length.
     FusionError : no meshes, or no usable mesh (the message gives each frame's reason).
     """
-    started = time.perf_counter()
+    clock = _Stopwatch()
     try:
         strategy = MergeStrategy(strategy)
     except ValueError:
@@ -104,8 +106,7 @@ def fuse_meshes(
             raise InvalidParameter("scores", f"{len(scores)} scores for {len(meshes)} meshes")
         scores = [float(s) if s is not None and np.isfinite(s) else -np.inf for s in scores]
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    clock.restart()
     cleans: list[CleanMesh] = []
     frames: list[dict] = []
     for i, mesh in enumerate(meshes):
@@ -122,17 +123,19 @@ def fuse_meshes(
         frames.append(info)
         if clean is not None:
             cleans.append(clean)
-    timings["clean"] = time.perf_counter() - t0
+    clock.lap("clean")
     if not cleans:
         reasons = ", ".join(f"frame {f['index']}: {f['reason']}" for f in frames)
         raise FusionError(f"no usable mesh among {len(meshes)} frames ({reasons})")
 
-    # reference: best score, else the shape medoid
+    # reference: the best score among frames whose shape is not an outlier, else the shape medoid
+    medoid, odd = shape_outliers(cleans)
     if scores is not None:
-        ref_pos = max(range(len(cleans)), key=lambda k: scores[cleans[k].index])
+        candidates = [k for k in range(len(cleans)) if not odd[k]]
+        ref_pos = max(candidates, key=lambda k: scores[cleans[k].index])
         reference_choice = "best_score"
     elif len(cleans) > 2:
-        ref_pos = medoid_index(cleans)
+        ref_pos = medoid
         reference_choice = "medoid"
     else:
         ref_pos = 0
@@ -168,10 +171,10 @@ def fuse_meshes(
             if c is not ref:
                 frames[c.index].update(kept=False, reason="not_used_by_strategy_best")
         mesh = ref.mesh.copy()
-        return _finish(FusionResult(mesh, None, report), report, timings, started, job_id)
+        return _finish(FusionResult(mesh, None, report), report, clock, job_id)
 
     # align every other frame to the reference
-    t0 = time.perf_counter()
+    clock.restart()
     target = _Target(ref)
     aligned: dict[int, Alignment] = {}
     for c in cleans:
@@ -187,7 +190,7 @@ def fuse_meshes(
             turn_ambiguous=a.turn_ambiguous,
             transform=_to_list(a.matrix @ _translation(-c.centroid)),
         )
-    timings["align"] = time.perf_counter() - t0
+    clock.lap("align")
 
     rejected = _reject_outliers({i: a.error for i, a in aligned.items()}, report)
     for i in rejected:
@@ -210,30 +213,30 @@ def fuse_meshes(
         scene = trimesh.Scene()
         for c, m in zip(kept, meshes_aligned, strict=True):
             scene.add_geometry(m, node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
-        return _finish(FusionResult(None, scene, report), report, timings, started, job_id)
+        return _finish(FusionResult(None, scene, report), report, clock, job_id)
 
     if len(kept) == 1:
         report["warnings"].append("every other frame was rejected: returning the reference frame unfused")
         report["strategy"] = MergeStrategy.BEST.value
-        return _finish(FusionResult(ref.mesh.copy(), None, report), report, timings, started, job_id)
+        return _finish(FusionResult(ref.mesh.copy(), None, report), report, clock, job_id)
 
     cameras = [np.array([1.0, 0.0, 0.0])] + [_unit(a.matrix[:3, :3] @ [1.0, 0.0, 0.0]) for a in kept_aligned]
-    mesh = fuse_aligned(meshes_aligned, cameras, resolution, timings)
-    return _finish(FusionResult(mesh, None, report), report, timings, started, job_id)
+    mesh = fuse_aligned(meshes_aligned, cameras, resolution, clock)
+    return _finish(FusionResult(mesh, None, report), report, clock, job_id)
 
 
 def fuse_aligned(
     meshes: Sequence[trimesh.Trimesh],
     cameras: Sequence[np.ndarray],
     resolution: int,
-    timings: dict[str, float] | None = None,
+    clock: _Stopwatch | None = None,
 ) -> trimesh.Trimesh:
     """Average the truncated signed distance of already aligned meshes and extract one watertight surface.
 
     cameras: per mesh, the unit direction (3,) towards the camera that saw it, used to weight colours.
     """
-    timings = timings if timings is not None else {}
-    t0 = time.perf_counter()
+    clock = clock if clock is not None else _Stopwatch()
+    clock.restart()
     lo = np.min([m.bounds[0] for m in meshes], axis=0)
     hi = np.max([m.bounds[1] for m in meshes], axis=0)
     voxel = float((hi - lo).max()) / (resolution - 1)
@@ -244,9 +247,9 @@ def fuse_aligned(
     for mesh in meshes:
         total += _truncated_sdf(mesh, origin, voxel, shape, rng)
     total /= len(meshes)
-    timings["field"] = time.perf_counter() - t0
+    clock.lap("field")
 
-    t0 = time.perf_counter()
+    clock.restart()
     import mcubes  # PyMCubes; imported here so importing the module stays cheap
 
     # PyMCubes treats values above the iso-level as inside and winds triangles counter-clockwise seen from
@@ -257,13 +260,13 @@ def fuse_aligned(
     mesh, _ = main_components(mesh, 0.05)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
-    timings["marching_cubes"] = time.perf_counter() - t0
+    clock.lap("marching_cubes")
 
-    t0 = time.perf_counter()
+    clock.restart()
     colours = _transfer_colours(mesh, meshes, cameras, voxel)
     if colours is not None:
         mesh.visual.vertex_colors = colours
-    timings["colours"] = time.perf_counter() - t0
+    clock.lap("colours")
     return mesh
 
 
@@ -303,8 +306,8 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     query = np.ones(shape, dtype=bool) if leaked else band
     idx = np.nonzero(query)
     coords = origin + np.stack(idx, axis=1) * voxel
-    # band voxels lie within (BAND_VOXELS + 1) * sqrt(3) voxels of a sample; the bound speeds the search up
-    bound = np.inf if leaked else (BAND_VOXELS + 1) * 2.0 * voxel
+    # band voxels lie within (BAND_VOXELS + 0.5) * sqrt(3) voxels of a sample; the bound speeds the search up
+    bound = np.inf if leaked else (BAND_VOXELS + 0.5) * 1.75 * voxel
     _, nearest = tree.query(coords, distance_upper_bound=bound, workers=-1)
     found = nearest < len(points)
     signed = np.einsum("ij,ij->i", coords[found] - points[nearest[found]], normals[nearest[found]])
@@ -356,7 +359,7 @@ def _reject_outliers(errors: dict[int, float], report: dict) -> set[int]:
     return rejected
 
 
-def _finish(result: FusionResult, report: dict, timings, started: float, job_id: str | None) -> FusionResult:
+def _finish(result: FusionResult, report: dict, clock: _Stopwatch, job_id: str | None) -> FusionResult:
     frames = report["frames"]
     report["frames_used"] = [f["index"] for f in frames if f["kept"]]
     report["frames_rejected"] = [
@@ -370,8 +373,9 @@ def _finish(result: FusionResult, report: dict, timings, started: float, job_id:
         report["faces"] = int(sum(len(g.faces) for g in result.scene.geometry.values()))
         report["vertices"] = int(sum(len(g.vertices) for g in result.scene.geometry.values()))
         report["watertight"] = None
-    timings["total"] = time.perf_counter() - started
-    report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    clock.total()
+    report["timings_s"] = {k: round(v, 4) for k, v in clock.wall.items()}
+    report["cpu_s"] = {k: round(v, 4) for k, v in clock.cpu.items()}
     logger.info(
         "fusion done job_id=%s strategy=%s frames_used=%s rejected=%s degenerate_axis=%s faces=%d in %.2fs",
         job_id,
@@ -380,9 +384,31 @@ def _finish(result: FusionResult, report: dict, timings, started: float, job_id:
         report["frames_rejected"],
         report["degenerate_axis"],
         report["faces"],
-        timings["total"],
+        clock.wall["total"],
     )
     return result
+
+
+class _Stopwatch:
+    """Wall and process-CPU seconds per stage (CPU time is the honest number on a shared machine)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._start = (time.perf_counter(), time.process_time())
+        self.restart()
+
+    def restart(self) -> None:
+        self._lap = (time.perf_counter(), time.process_time())
+
+    def lap(self, stage: str) -> None:
+        self.wall[stage] = time.perf_counter() - self._lap[0]
+        self.cpu[stage] = time.process_time() - self._lap[1]
+        self.restart()
+
+    def total(self) -> None:
+        self.wall["total"] = time.perf_counter() - self._start[0]
+        self.cpu["total"] = time.process_time() - self._start[1]
 
 
 def _translation(offset: np.ndarray) -> np.ndarray:

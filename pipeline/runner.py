@@ -22,10 +22,10 @@ from pipeline.params import JobParams
 
 if TYPE_CHECKING:
     import trimesh
-    from triposr import TripoSR
 
     from pipeline.matting import BackgroundRemover
     from pipeline.preprocess import Preprocessed
+    from triposr import TripoSR
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,13 @@ def merge_stage(
     result_path: Path,
     *,
     metadata: dict[str, Any] | None = None,
+    job_id: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fuse (or pick/collect) the per-frame meshes and write the result; returns (path, fusion report)."""
     from pipeline.export import export_result
     from pipeline.fusion import fuse_meshes
 
-    fused = fuse_meshes(list(meshes), strategy=params.merge, scores=scores)
+    fused = fuse_meshes(list(meshes), strategy=params.merge, scores=scores, job_id=job_id)
     path = export_result(
         fused,
         Path(result_path),
@@ -76,6 +77,21 @@ def merge_stage(
         target_faces=params.target_faces,
     )
     return Path(path), dict(fused.report)
+
+
+def merge_files(
+    mesh_paths: Sequence[str | Path],
+    scores: Sequence[float] | None,
+    params: JobParams,
+    result_path: Path,
+    *,
+    metadata: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """`merge_stage` over per-frame mesh files (the export deployment's work): {result_path, report}."""
+    meshes = [load_mesh(Path(p)) for p in mesh_paths]
+    path, report = merge_stage(meshes, scores, params, Path(result_path), metadata=metadata, job_id=job_id)
+    return {"result_path": str(path), "report": report}
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: Path) -> Path:

@@ -75,11 +75,22 @@ class AppArgs(BaseModel):
     default_format: str | None = None
 
 
-def build(settings: Settings) -> Application:
-    """Wire the graph: ingress -> (preprocess, reconstruct, export), each bound with the same settings."""
+def build(settings: Settings, options: dict[str, dict[str, Any]] | None = None) -> Application:
+    """Wire the graph: ingress -> (preprocess, reconstruct, export), each bound with the same settings.
+
+    `options` maps a deployment name to `.options(...)` overrides (tests, the CLI, benchmarks); clusters use
+    serve_config.yaml instead.
+    """
+    opts = options or {}
+    unknown = set(opts) - {"Ingress", "Preprocess", "Reconstruct", "Export"}
+    if unknown:
+        raise ValueError(f"unknown deployment(s) in options: {sorted(unknown)}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Ingress.bind(
-        settings, Preprocess.bind(settings), Reconstruct.bind(settings), Export.bind(settings)
+    return Ingress.options(**opts.get("Ingress", {})).bind(
+        settings,
+        Preprocess.options(**opts.get("Preprocess", {})).bind(settings),
+        Reconstruct.options(**opts.get("Reconstruct", {})).bind(settings),
+        Export.options(**opts.get("Export", {})).bind(settings),
     )
 
 

@@ -109,14 +109,11 @@ class LocalWorkers:
         result_path: str,
         metadata: dict[str, Any],
     ) -> dict[str, Any]:  # fmt: skip
-        from pipeline.runner import load_mesh, merge_stage
+        from pipeline.runner import merge_files
 
-        def run() -> dict[str, Any]:
-            meshes = [load_mesh(Path(p)) for p in mesh_paths]
-            path, report = merge_stage(meshes, scores, params, Path(result_path), metadata=metadata)
-            return {"result_path": str(path), "report": report}
-
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(
+            merge_files, mesh_paths, scores, params, Path(result_path), metadata=metadata, job_id=job_id
+        )
 
 
 class JobCancelled(Exception):
