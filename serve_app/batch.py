@@ -308,6 +308,7 @@ class Reconstructor:
     def __init__(self, settings: Settings, gpus_per_actor: float, max_frames_per_forward: int) -> None:
         import ray
         import torch
+
         from triposr import load_model
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
@@ -404,7 +405,7 @@ def _merge_one(row: dict[str, Any], merge_stage: Callable[..., tuple[Path, dict[
     partial = final.with_name(f".{final.stem}.partial{final.suffix}")
     metadata = {"item_id": row["item_id"], "source": Path(row["input"]).name, "params": params.to_dict()}
     written, fusion = merge_stage(unpack_meshes(row["meshes"]), json.loads(row["scores"]), params, partial,
-                                  metadata=metadata)  # fmt: skip
+                                  metadata=metadata, job_id=row["item_id"])  # fmt: skip
     report = {
         "item_id": row["item_id"],
         "input": row["input"],

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -139,6 +141,15 @@ def test_capacity_defaults_follow_the_cluster():
 # ------------------------------------------------------------------------------------- ray job submit
 
 
+@pytest.fixture
+def own_tmp():
+    """A temp dir outside pytest's basetemp: concurrent pytest sessions of other suites on this machine rotate
+    (delete) older `pytest-of-<user>/pytest-N` dirs, which must not happen under a running Ray job."""
+    path = Path(tempfile.mkdtemp(prefix="ops-batch-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     from tests.ops.raycluster import start_head
@@ -173,10 +184,10 @@ def _submit(cmd: list[str], head, timeout_s: float) -> subprocess.CompletedProce
 
 @pytest.mark.ray
 @pytest.mark.timeout(420)
-def test_ray_job_submit_runs_the_batch_and_reports_every_item(tmp_path, ray_head, rembg_dir, tiny_model_dir):
+def test_ray_job_submit_runs_the_batch_and_reports_every_item(own_tmp, ray_head, rembg_dir, tiny_model_dir):
     import trimesh
 
-    src, out = tmp_path / "in", tmp_path / "out"
+    src, out = own_tmp / "in", own_tmp / "out"
     _write_inputs(src)
     out.mkdir()
     done_marker = b"already reconstructed by an earlier run"
