@@ -101,6 +101,9 @@ class Capacity:
     batch_size: int = 2  # items per actor call: their frames share forward passes
     max_frames_per_forward: int = 16  # caps one encode call (GPU memory), whatever the batch holds
     preprocess_cpus: float = 1.0  # per preprocess task (rembg uses this many threads)
+    # Decoded video + rembg + 8 frames at 512x512 stay well under 1 GiB. The request also keeps Ray Data from
+    # fusing preprocessing into a CPU-only actor pool (same num_cpus/num_gpus), which would make it serial.
+    preprocess_memory_bytes: int = 1024**3
     max_preprocess_tasks: int | None = None  # None = as many as free CPUs allow
     merge_cpus: float = 1.0
     max_merge_tasks: int | None = None
@@ -434,6 +437,7 @@ def build_dataset(items: Sequence[BatchItem], settings: Settings, capacity: Capa
         batch_size=1,
         fn_kwargs={"settings": settings},
         num_cpus=capacity.preprocess_cpus,
+        memory=capacity.preprocess_memory_bytes,
         compute=TaskPoolStrategy(size=capacity.max_preprocess_tasks)
         if capacity.max_preprocess_tasks
         else None,
@@ -599,6 +603,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cap.add_argument("--max-frames-per-forward", type=int, default=16, help="frames in one encode call")
     cap.add_argument("--preprocess-cpus", type=float, default=1.0, help="CPUs per preprocess task")
+    cap.add_argument("--preprocess-memory-gb", type=float, default=1.0, help="memory per preprocess task")
     cap.add_argument("--max-preprocess-tasks", type=int, default=None, help="concurrent preprocess tasks cap")
     cap.add_argument("--merge-cpus", type=float, default=1.0, help="CPUs per fuse+export task")
     cap.add_argument("--max-merge-tasks", type=int, default=None, help="concurrent fuse+export tasks cap")
@@ -641,6 +646,7 @@ def _capacity(args: argparse.Namespace, cluster_gpus: float) -> Capacity:
         batch_size=args.batch_size,
         max_frames_per_forward=args.max_frames_per_forward,
         preprocess_cpus=args.preprocess_cpus,
+        preprocess_memory_bytes=int(args.preprocess_memory_gb * 1024**3),
         max_preprocess_tasks=args.max_preprocess_tasks,
         merge_cpus=args.merge_cpus,
         max_merge_tasks=args.max_merge_tasks,
