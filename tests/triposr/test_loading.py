@@ -137,6 +137,18 @@ def test_half_precision_off_cuda_warns_and_stays_float32(tiny_model_dir, caplog)
     assert "half precision is only used on CUDA" in caplog.text
 
 
+def test_half_precision_encoder_stays_close_to_float32(tiny_model_dir):
+    # the float16 path exercised on CPU (load_model only enables it on CUDA): scene codes move by ~1e-3
+    model = triposr.load_model(tiny_model_dir, "cpu")
+    reference = codes_of(model, tiny_model_dir)
+    model.half_encoder()
+    assert model.backbone.proj_in.weight.dtype == torch.float16
+    assert model.decoder.layers[0].weight.dtype == torch.float32
+    codes = codes_of(model, tiny_model_dir)
+    assert codes.dtype == torch.float32
+    assert (codes - reference).abs().max() < 1e-2 * reference.abs().max()
+
+
 def test_pick_device_honours_an_explicit_choice_and_falls_back_to_cpu():
     assert triposr.pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
