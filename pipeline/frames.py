@@ -45,6 +45,7 @@ DUPLICATE_LEVEL = 24
 DUPLICATE_SHARE = 0.002
 
 SEEK_WINDOW_S = 1.0  # seconds scored per bucket when seeking
+MAX_BAD_PACKETS = 50  # undecodable packets tolerated per pass before the rest of the file is given up
 KEYFRAME_SCAN_S = 20.0  # seconds of packets demuxed (not decoded) to measure the keyframe interval
 
 Mode = Literal["auto", "sequential", "seek"]
@@ -52,8 +53,7 @@ Mode = Literal["auto", "sequential", "seek"]
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video container says about its (first) video stream; sizes are as displayed (rotation
-    applied)."""
+    """What a container says about its first video stream; sizes as displayed (rotation applied)."""
 
     width: int
     height: int
@@ -73,8 +73,7 @@ class Candidate:
     """
 
     image: np.ndarray
-    # frame number in the video (seek mode: estimated from the timestamp) or position in the input list
-    index: int
+    index: int  # video frame number (timestamp x average frame rate) or position in the input list
     timestamp_s: float | None  # seconds from the video's start; None for images
     source: str  # file or archive member name, or "frame <index>"
     sharpness: float
@@ -101,8 +100,7 @@ def _av_errors() -> tuple[type[BaseException], ...]:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Open the container, find its video stream and decode one frame; raise VideoDecodeError if any step
-    fails."""
+    """Open the container, find the video stream, decode one frame; VideoDecodeError if any step fails."""
     import av
 
     name = Path(path).name
@@ -138,8 +136,7 @@ def _info(container, stream, first_frame) -> VideoInfo:
 
 
 def _scan_duration(container, stream) -> float:
-    """Duration from the last packet's end when the header has none (some WebM files); demuxes, never
-    decodes."""
+    """Duration from the last packet's end when the header has none (browser WebM); demuxes, never decodes."""
     start = stream.start_time or 0
     end = start
     container.seek(0, stream=stream)
@@ -363,28 +360,43 @@ def _consider(best: list[Candidate | None], b: int, frame, decoder: _Decoder, in
         )
 
 
-def _decode_tolerant(container, stream) -> Iterator:
-    """Decode until the end, or until the data breaks (truncated file): keep what decoded, log the rest."""
-    gen = container.decode(stream)
+def _decode_tolerant(container, stream, max_errors: int = MAX_BAD_PACKETS) -> Iterator:
+    """Frames in presentation order, skipping packets the decoder rejects (a damaged stretch of the file).
+
+    Stops, keeping what decoded, when the demuxer cannot go on (a truncated file) or after `max_errors` bad
+    packets (a file that is garbage from there on).
+    """
+    errors = 0
+    packets = container.demux(stream)
     while True:
         try:
-            frame = next(gen)
+            packet = next(packets)
         except StopIteration:
             return
         except _av_errors() as exc:
-            logger.warning("video decoding stopped early: %s", exc)
+            logger.warning("video ends early, keeping the frames before: %s", exc)
             return
-        yield frame
+        try:
+            frames = packet.decode()  # the final empty packet flushes the decoder's delayed frames
+        except _av_errors() as exc:
+            errors += 1
+            logger.warning("skipping an undecodable packet (%d so far): %s", errors, exc)
+            if errors >= max_errors:
+                return
+            continue
+        yield from frames
 
 
 def _select_sequential(container, stream, decoder: _Decoder, n: int) -> tuple[list[Candidate | None], int]:
     best: list[Candidate | None] = [None] * n
     container.seek(0, stream=stream)  # rewind past the probe frame; decoders are flushed by seek
-    duration = decoder.info.duration_s
+    duration, fps = decoder.info.duration_s, decoder.info.fps
     decoded = 0
     for frame in _decode_tolerant(container, stream):
         t = decoder.time(frame)
-        _consider(best, _bucket(t, duration, n), frame, decoder, decoded, t)
+        # The frame number from the timestamp, as in seek mode: stays right after a skipped damaged stretch.
+        index = round(t * fps) if fps else decoded
+        _consider(best, _bucket(t, duration, n), frame, decoder, index, t)
         decoded += 1
     return best, decoded
 

@@ -194,8 +194,7 @@ class Foreground:
     cut_by_border: bool
 
     def problem(self, shape: tuple[int, int]) -> str | None:
-        """Report reason when the object cannot be framed: empty_foreground, tiny_foreground,
-        cut_by_border."""
+        """Why the object cannot be framed (empty_foreground, tiny_foreground, cut_by_border), or None."""
         if self.bbox is None or self.fraction < EMPTY_SHARE:
             return "empty_foreground"
         x0, y0, x1, y1 = self.bbox

@@ -49,8 +49,7 @@ class RingVideo:
 def ring_bbox(
     width: int, height: int, *, radius: float = 0.3, centre: tuple[float, float] = (0.5, 0.5)
 ) -> tuple[int, int, int, int]:
-    """Pixel bounding box (x0, y0, x1, y1 exclusive) of the ring drawn by `ring_image` with the same
-    arguments."""
+    """Pixel bounding box (x0, y0, x1, y1 exclusive) of the ring `ring_image` draws with these arguments."""
     cx, cy = centre[0] * width, centre[1] * height
     r = radius * min(width, height)
     # Pixel (x, y) is inside when its centre (x + 0.5, y + 0.5) lies within r of (cx, cy).
@@ -198,8 +197,10 @@ def make_ring_video(
 
 
 def object_bbox(framed: np.ndarray, tol: int = 24) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1 exclusive) of the pixels of a framed uint8 (H, W, 3) image that differ
-    from the 0.5 grey background by more than `tol` levels in some channel."""
+    """Bounding box (x0, y0, x1, y1 exclusive) of the object in a framed uint8 (H, W, 3) image.
+
+    Object pixels differ from the 0.5 grey background by more than `tol` levels in some channel.
+    """
     diff = np.abs(framed.astype(np.int16) - GREY_LEVEL).max(axis=2) > tol
     rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
     if rows.size == 0:

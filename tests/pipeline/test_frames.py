@@ -151,6 +151,29 @@ def test_memory_stays_bounded_by_num_frames_not_video_length(vga_video, mode):
     assert growth < 40e6, f"peak RSS grew by {growth / 1e6:.1f} MB"
 
 
+def test_damaged_stretch_is_skipped_and_the_rest_still_used(tmp_path):
+    video = make_ring_video(tmp_path / "ok.mkv", duration_s=4.0)  # Matroska: frames can follow damage
+    data = bytearray(video.path.read_bytes())
+    third = len(data) // 3
+    data[third : third + 3000] = np.random.default_rng(1).bytes(3000)
+    damaged = tmp_path / "damaged.mkv"
+    damaged.write_bytes(bytes(data))
+    sel = select_frames(damaged, 4, mode="sequential")
+    assert len(sel.candidates) == 4  # frames after the damage were decoded too
+    assert sel.decoded_frames < video.num_frames
+    for cand in sel.candidates:
+        assert cand.index == round(cand.timestamp_s * video.fps)
+
+
+def test_truncated_streamable_video_keeps_the_frames_before_the_cut(tmp_path):
+    video = make_ring_video(tmp_path / "ok.mkv", duration_s=4.0)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(video.path.read_bytes()[: video.path.stat().st_size // 2])
+    sel = select_frames(cut, 4, mode="sequential")
+    assert 1 <= len(sel.candidates) < 4
+    assert all(c.timestamp_s < 2.5 for c in sel.candidates)
+
+
 def test_garbage_is_a_decode_error(tmp_path):
     path = tmp_path / "x.mkv"
     path.write_bytes(b"\x1a\x45\xdf\xa3" + b"\x00" * 1000)
