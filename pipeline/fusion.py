@@ -104,7 +104,11 @@ def fuse_meshes(
     if scores is not None:
         if len(scores) != len(meshes):
             raise InvalidParameter("scores", f"{len(scores)} scores for {len(meshes)} meshes")
-        scores = [float(s) if s is not None and np.isfinite(s) else -np.inf for s in scores]
+        try:
+            scores = [float(s) if s is not None else -np.inf for s in scores]
+        except (TypeError, ValueError):
+            raise InvalidParameter("scores", f"expected numbers, got {list(scores)!r}") from None
+        scores = [s if np.isfinite(s) else -np.inf for s in scores]
 
     clock.restart()
     cleans: list[CleanMesh] = []
@@ -119,6 +123,7 @@ def fuse_meshes(
             scale=None,
             turn_ambiguous=None,
             transform=None,
+            reference=False,
         )
         frames.append(info)
         if clean is not None:
@@ -162,16 +167,15 @@ def fuse_meshes(
     )
 
     if strategy is MergeStrategy.BEST or len(cleans) == 1:
-        if len(cleans) == 1 and strategy is not MergeStrategy.BEST:
-            report["warnings"].append(
-                f"only one usable frame: returning it unfused (asked for {strategy.value})"
-            )
-            report["strategy"] = MergeStrategy.BEST.value
         for c in cleans:
             if c is not ref:
                 frames[c.index].update(kept=False, reason="not_used_by_strategy_best")
-        mesh = ref.mesh.copy()
-        return _finish(FusionResult(mesh, None, report), report, clock, job_id)
+        if strategy is MergeStrategy.ALL:  # one usable frame: a one-node scene, still a scene
+            return _finish(FusionResult(None, _scene([ref], [ref.mesh]), report), report, clock, job_id)
+        if strategy is not MergeStrategy.BEST:
+            report["warnings"].append("only one usable frame: returning it unfused (asked for fused)")
+            report["strategy"] = MergeStrategy.BEST.value
+        return _finish(FusionResult(ref.mesh.copy(), None, report), report, clock, job_id)
 
     # align every other frame to the reference
     clock.restart()
@@ -210,10 +214,7 @@ def fuse_meshes(
 
     meshes_aligned = [ref.mesh] + [_transformed(c.mesh, aligned[c.index].matrix) for c in kept[1:]]
     if strategy is MergeStrategy.ALL:
-        scene = trimesh.Scene()
-        for c, m in zip(kept, meshes_aligned, strict=True):
-            scene.add_geometry(m, node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
-        return _finish(FusionResult(None, scene, report), report, clock, job_id)
+        return _finish(FusionResult(None, _scene(kept, meshes_aligned), report), report, clock, job_id)
 
     if len(kept) == 1:
         report["warnings"].append("every other frame was rejected: returning the reference frame unfused")
@@ -247,6 +248,9 @@ def fuse_aligned(
     for mesh in meshes:
         total += _truncated_sdf(mesh, origin, voxel, shape, rng)
     total /= len(meshes)
+    # frames that disagree far from any surface (+trunc vs -trunc) can cancel to exactly 0; a vertex placed
+    # exactly on a grid corner is shared by several cells and breaks manifoldness, so break such ties outward
+    total[total == 0.0] = np.float32(1e-3 * voxel)
     clock.lap("field")
 
     clock.restart()
@@ -256,7 +260,11 @@ def fuse_aligned(
     # outside for that convention, so hand it -sdf (inside positive)
     vertices, faces = mcubes.marching_cubes(-total, 0.0)
     vertices = origin + vertices * voxel
-    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
+    # PyMCubes already shares each edge vertex between cells: merging by position would fuse distinct vertices
+    # that sit within rounding of one grid corner and create non-manifold edges
+    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=False)
+    if len(mesh.faces) == 0:
+        raise FusionError("the fused surface is empty (the aligned frames share no inside)")
     mesh, _ = main_components(mesh, 0.05)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
@@ -276,7 +284,7 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     Narrow band: dense surface samples mark the voxels the surface crosses; within BAND_VOXELS of them the
     distance is point-to-plane to the nearest sample (a smooth, signed estimate). Beyond the band the value is
     +-trunc, the sign found by flood fill: band-free regions connected to the grid border are outside. An open
-    mesh lets the fill leak inside; then the sign comes from the nearest sample's normal everywhere (slower).
+    mesh lets the fill leak inside; then a far voxel takes the sign of its nearest band voxel.
     Cost ~ surface area / voxel^2, not grid volume: a KD-tree query only for band voxels.
     """
     trunc = BAND_VOXELS * voxel
@@ -303,17 +311,24 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     leaked = n_inside == 0
     if mesh.is_watertight and not leaked:
         leaked = n_inside + 0.5 * band.sum() < 0.5 * abs(mesh.volume) / voxel**3
-    query = np.ones(shape, dtype=bool) if leaked else band
-    idx = np.nonzero(query)
+    idx = np.nonzero(band)
     coords = origin + np.stack(idx, axis=1) * voxel
     # band voxels lie within (BAND_VOXELS + 0.5) * sqrt(3) voxels of a sample; the bound speeds the search up
-    bound = np.inf if leaked else (BAND_VOXELS + 0.5) * 1.75 * voxel
-    _, nearest = tree.query(coords, distance_upper_bound=bound, workers=-1)
+    _, nearest = tree.query(coords, distance_upper_bound=(BAND_VOXELS + 0.5) * 1.75 * voxel, workers=-1)
     found = nearest < len(points)
     signed = np.einsum("ij,ij->i", coords[found] - points[nearest[found]], normals[nearest[found]])
     field[tuple(i[found] for i in idx)] = np.clip(signed, -trunc, trunc)
     if leaked:
-        logger.debug("mesh not closed (or fill leaked): sign from normals on the whole grid")
+        # open mesh: each far voxel takes the sign of the nearest band voxel (one distance transform, no
+        # unbounded nearest-neighbour queries, which are slow far from a surface)
+        far = ~band
+        near_band = ndimage.distance_transform_edt(far, return_distances=False, return_indices=True)
+        field[far] = np.where(field[tuple(i[far] for i in near_band)] < 0, -trunc, trunc)
+        logger.debug("mesh not closed (or the fill leaked): far-field sign from the nearest band voxel")
+    # the outer layer is always outside, so marching cubes closes the surface even for open inputs
+    field[[0, -1]] = trunc
+    field[:, [0, -1]] = trunc
+    field[:, :, [0, -1]] = trunc
     return field
 
 
@@ -409,6 +424,13 @@ class _Stopwatch:
     def total(self) -> None:
         self.wall["total"] = time.perf_counter() - self._start[0]
         self.cpu["total"] = time.process_time() - self._start[1]
+
+
+def _scene(cleans: Sequence[CleanMesh], meshes: Sequence[trimesh.Trimesh]) -> trimesh.Scene:
+    scene = trimesh.Scene()
+    for c, m in zip(cleans, meshes, strict=True):
+        scene.add_geometry(m.copy(), node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
+    return scene
 
 
 def _translation(offset: np.ndarray) -> np.ndarray:
