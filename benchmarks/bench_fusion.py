@@ -54,19 +54,23 @@ def main() -> None:
             result = fuse_meshes(meshes, resolution=resolution)
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-            stages.append(result.report["timings_s"])
+            stages.append((result.report["timings_s"], result.report["cpu_s"]))
         with tempfile.TemporaryDirectory() as tmp:
             e0 = time.perf_counter()
             export_result(result, Path(tmp) / "out.glb")
             export_s = time.perf_counter() - e0
-        med = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+        med = {k: statistics.median(s[0][k] for s in stages) for k in stages[0][0]}
+        med_cpu = {k: statistics.median(s[1][k] for s in stages) for k in stages[0][1]}
         print(
             f"\nresolution {resolution}: median of {args.repeat}: wall {statistics.median(walls):.2f} s, "
             f"cpu {statistics.median(cpus):.2f} s; output {result.report['faces']:,} faces, "
             f"rejected {[f['index'] for f in result.report['frames_rejected']]}"
         )
         for key in ("clean", "align", "field", "marching_cubes", "colours"):
-            print(f"  {key:15s} {med[key]:6.2f} s  ({med[key] / med['total']:5.1%})")
+            print(
+                f"  {key:15s} wall {med[key]:6.2f} s  cpu {med_cpu[key]:6.2f} s"
+                f"  ({med_cpu[key] / med_cpu['total']:5.1%} of cpu)"
+            )
         print(f"  {'export (glb)':15s} {export_s:6.2f} s")
 
 

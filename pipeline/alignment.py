@@ -206,15 +206,27 @@ def shape_descriptor(clean: CleanMesh) -> np.ndarray:
     return (hist / max(hist.sum(), 1.0)).ravel()
 
 
-def medoid_index(cleans: list[CleanMesh]) -> int:
-    """Position (in `cleans`) of the frame whose descriptor is closest to all others (L1)."""
+def shape_outliers(cleans: list[CleanMesh]) -> tuple[int, list[bool]]:
+    """(medoid position, per-frame "shape is an outlier" flags) from turn-invariant descriptors (L1).
+
+    The medoid is the frame closest to all others. A frame is an outlier when its distance to the medoid is
+    above median + 4 * 1.4826 * MAD and above twice the median (needs 3+ frames). Used to keep a corrupted but
+    high-scoring frame from becoming the reference; rejection itself is decided on alignment error.
+    """
     desc = np.stack([shape_descriptor(c) for c in cleans])
     dist = np.abs(desc[:, None, :] - desc[None, :, :]).sum(axis=2)
-    return int(np.argmin(dist.sum(axis=1)))
+    medoid = int(np.argmin(dist.sum(axis=1)))
+    if len(cleans) < 3:
+        return medoid, [False] * len(cleans)
+    to_medoid = dist[medoid]
+    others = np.delete(to_medoid, medoid)
+    med = float(np.median(others))
+    mad = float(np.median(np.abs(others - med)))
+    limit = max(med + 4.0 * 1.4826 * mad, 2.0 * med)
+    return medoid, [bool(d > limit) for d in to_medoid]
 
 
-# --- geometry helpers
-# -------------------------------------------------------------------------------------------
+# --- geometry helpers ---------------------------------------------------------------------------------------
 
 
 def _rot_z(rad: float) -> np.ndarray:

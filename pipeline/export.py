@@ -127,6 +127,7 @@ def export_result(
         "up_axis": "+Y",
         "front_axis": "+Z",
         "from_native": "(x, y, z) -> (y, z, x), TripoSR Z-up camera +X to glTF Y-up front +Z",
+        "matrix_from_native": transform.tolist(),  # 4x4: fusion result coordinates -> file coordinates
         "object_size_m": object_size_m,
         "scale_applied": scale,
         "units": "m" if object_size_m is not None else "TripoSR units (no metric scale)",

@@ -6,8 +6,9 @@
 The video's duration is cut into `num_frames` equal buckets. In each bucket the sharpest frame (variance of
 the Laplacian on a grey thumbnail) becomes the bucket's candidate; candidates far blurrier than the video's
 typical candidate are marked "blurred" and near-copies of an earlier kept candidate "duplicate". Short clips
-are decoded sequentially (every frame scored); long ones by seeking into each bucket and scoring a short
-window there, so the work grows with `num_frames`, not with the video's length. Only the current best frame
+are decoded sequentially (every frame scored); long ones (measured against the keyframe interval) by seeking
+into each bucket and scoring a short window there, so the work grows with `num_frames`, not with the video's
+length. Only the current best frame
 per bucket is kept, at most `max_side` pixels on its long side, so a 4K 10-minute video needs about
 `num_frames` x 6 MB.
 
@@ -28,33 +29,31 @@ from pipeline.errors import InvalidParameter, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-ANALYSIS_SIDE = (
-    512  # long side of the grey thumbnail used for sharpness, so scores compare across resolutions
-)
+# Long side of the grey thumbnail used for sharpness, so scores compare across resolutions.
+ANALYSIS_SIDE = 512
 THUMB_SIDE = 96  # long side of the thumbnail used for near-duplicate tests
 MAX_SIDE = 1920  # long side kept for chosen frames: the object is cropped from this, then resized to 512
 
 # A candidate is "blurred" below this share of the median candidate sharpness. Motion-blurred phone frames
 # score 5-20x below sharp ones; focus breathing and texture changes between views stay well within 3x.
 BLUR_RATIO = 0.3
-MIN_SHARPNESS = (
-    1.0  # variance of the Laplacian (0..255 grey levels) of a flat image is ~0; a real view is > 10
-)
+# Variance of the Laplacian (0..255 grey levels) of a flat image is ~0; a real view scores > 10.
+MIN_SHARPNESS = 1.0
 # Near-duplicate: fewer than this share of thumbnail pixels differ by more than DUPLICATE_LEVEL grey levels.
 # A turning object changes a few percent of pixels between buckets; codec noise changes well under 0.1%.
 DUPLICATE_LEVEL = 24
 DUPLICATE_SHARE = 0.002
 
-SEEK_AFTER_S = 60.0  # auto mode seeks for videos longer than this (see benchmarks/bench_frames.py)
 SEEK_WINDOW_S = 1.0  # seconds scored per bucket when seeking
+MAX_BAD_PACKETS = 50  # undecodable packets tolerated per pass before the rest of the file is given up
+KEYFRAME_SCAN_S = 20.0  # seconds of packets demuxed (not decoded) to measure the keyframe interval
 
 Mode = Literal["auto", "sequential", "seek"]
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video container says about its (first) video stream; sizes are as displayed (rotation
-    applied)."""
+    """What a container says about its first video stream; sizes as displayed (rotation applied)."""
 
     width: int
     height: int
@@ -74,8 +73,7 @@ class Candidate:
     """
 
     image: np.ndarray
-    # frame number in the video (seek mode: estimated from the timestamp) or position in the input list
-    index: int
+    index: int  # video frame number (timestamp x average frame rate) or position in the input list
     timestamp_s: float | None  # seconds from the video's start; None for images
     source: str  # file or archive member name, or "frame <index>"
     sharpness: float
@@ -92,6 +90,7 @@ class FrameSelection:
     info: VideoInfo
     mode: Literal["sequential", "seek"]
     decoded_frames: int  # frames decoded to get there (the cost)
+    keyframe_interval_s: float | None = None  # measured for mode="auto"
 
 
 def _av_errors() -> tuple[type[BaseException], ...]:
@@ -101,8 +100,7 @@ def _av_errors() -> tuple[type[BaseException], ...]:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Open the container, find its video stream and decode one frame; raise VideoDecodeError if any step
-    fails."""
+    """Open the container, find the video stream, decode one frame; VideoDecodeError if any step fails."""
     import av
 
     name = Path(path).name
@@ -138,8 +136,7 @@ def _info(container, stream, first_frame) -> VideoInfo:
 
 
 def _scan_duration(container, stream) -> float:
-    """Duration from the last packet's end when the header has none (some WebM files); demuxes, never
-    decodes."""
+    """Duration from the last packet's end when the header has none (browser WebM); demuxes, never decodes."""
     start = stream.start_time or 0
     end = start
     container.seek(0, stream=stream)
@@ -210,6 +207,16 @@ def mark_duplicates(candidates: Sequence[Candidate]) -> None:
             kept.append(c.thumb)
 
 
+# Planar YUV formats whose first plane is the luma (grey) image, with its sample type and scale to 0..255.
+_LUMA_PLANE = {
+    **{
+        f: (np.uint8, 1.0)
+        for f in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12")
+    },
+    **{f: (np.dtype("<u2"), 0.25) for f in ("yuv420p10le", "yuv422p10le", "yuv444p10le")},
+}
+
+
 class _Decoder:
     """Turns PyAV frames into what selection needs: analysis grey (cheap) and, on demand, upright RGB."""
 
@@ -219,14 +226,27 @@ class _Decoder:
         self.k = (info.rotation // 90) % 4  # np.rot90 turns counter-clockwise, like the display matrix
         w, h = (info.height, info.width) if self.k % 2 else (info.width, info.height)  # coded size
         self.analysis_size = _scaled_size(w, h, ANALYSIS_SIDE)
+        self.stride = max(1, round(max(w, h) / ANALYSIS_SIDE))
         self.keep_size = _scaled_size(w, h, max_side)
 
     def time(self, frame) -> float:
         return float(frame.time) - self.start_s if frame.time is not None else 0.0
 
     def grey(self, frame) -> np.ndarray:
-        w, h = self.analysis_size
-        grey = frame.reformat(width=w, height=h, format="gray").to_ndarray()
+        """float32 grey image for scoring, long side about ANALYSIS_SIDE, upright."""
+        luma = _LUMA_PLANE.get(frame.format.name)
+        if luma is not None:
+            # Read every stride-th luma sample straight from the decoded plane: a 1080p frame costs ~0.2 ms
+            # this way against ~5 ms for a swscale conversion to grey (benchmarks/bench_frames.py profile).
+            dtype, scale = luma
+            plane = frame.planes[0]
+            itemsize = np.dtype(dtype).itemsize
+            rows = np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // itemsize)
+            sub = rows[:: self.stride, : plane.width : self.stride].astype(np.float32)
+            grey = sub * scale if scale != 1.0 else sub
+        else:
+            w, h = self.analysis_size
+            grey = frame.reformat(width=w, height=h, format="gray").to_ndarray().astype(np.float32)
         return np.rot90(grey, self.k) if self.k else grey
 
     def rgb(self, frame) -> np.ndarray:
@@ -241,7 +261,6 @@ def select_frames(
     *,
     mode: Mode = "auto",
     max_side: int = MAX_SIDE,
-    seek_after_s: float = SEEK_AFTER_S,
     seek_window_s: float = SEEK_WINDOW_S,
 ) -> FrameSelection:
     """Pick the sharpest frame in each of `num_frames` equal time buckets of the video at `path`.
@@ -249,8 +268,10 @@ def select_frames(
     Returns a FrameSelection whose candidates (time order) carry RGB uint8 (H, W, 3) images with long side at
     most `max_side`, their frame index, timestamp (s) and sharpness; blurred and duplicate candidates are
     marked, not dropped. `mode`: "sequential" decodes every frame, "seek" seeks into each bucket and scores
-    `seek_window_s` seconds there, "auto" seeks when the video is longer than `seek_after_s`. Raises
-    VideoDecodeError.
+    `seek_window_s` seconds there. "auto" seeks when that decodes fewer frames even in the worst case, i.e.
+    when num_frames x (keyframe interval + window) < duration: a seek lands on the keyframe before the window
+    and decodes from there. With 1 s keyframes and 8 frames that is videos over 16 s (bench_frames.py: seeking
+    is ~3x faster on a 30 s 1080p clip, ~1.15x slower on a 4 s one). Raises VideoDecodeError.
     """
     import av
 
@@ -271,7 +292,12 @@ def select_frames(
             info = _info(container, stream, first)
             start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
             decoder = _Decoder(info, start_s, max_side)
-            use_seek = mode == "seek" or (mode == "auto" and info.duration_s > seek_after_s)
+            gop_s = None
+            if mode == "auto":
+                gop_s = _keyframe_interval_s(container, stream, start_s)
+            use_seek = mode == "seek" or (
+                mode == "auto" and num_frames * (gop_s + seek_window_s) < info.duration_s
+            )
             if use_seek:
                 best, decoded = _select_seek(container, stream, decoder, num_frames, seek_window_s)
             else:
@@ -287,7 +313,29 @@ def select_frames(
         "selected %d candidates from %s (%s, %.1f s, %d frames decoded)",
         len(candidates), name, "seek" if use_seek else "sequential", info.duration_s, decoded,
     )  # fmt: skip
-    return FrameSelection(candidates, info, "seek" if use_seek else "sequential", decoded)
+    return FrameSelection(candidates, info, "seek" if use_seek else "sequential", decoded, gop_s)
+
+
+def _keyframe_interval_s(container, stream, start_s: float, scan_s: float = KEYFRAME_SCAN_S) -> float:
+    """Median seconds between keyframes over the first `scan_s` seconds (demuxed only, cheap).
+
+    With a single keyframe in that span the interval is at least the span: seeking would be costly.
+    """
+    tb = stream.time_base
+    keys: list[float] = []
+    t = 0.0
+    container.seek(0, stream=stream)
+    for packet in container.demux(stream):
+        if packet.pts is None:
+            continue
+        t = float(packet.pts * tb) - start_s
+        if packet.is_keyframe:
+            keys.append(t)
+        if t > scan_s:
+            break
+    if len(keys) >= 2:
+        return float(np.median(np.diff(keys)))
+    return max(t, scan_s)
 
 
 def _bucket(t: float, duration: float, n: int) -> int:
@@ -312,28 +360,43 @@ def _consider(best: list[Candidate | None], b: int, frame, decoder: _Decoder, in
         )
 
 
-def _decode_tolerant(container, stream) -> Iterator:
-    """Decode until the end, or until the data breaks (truncated file): keep what decoded, log the rest."""
-    gen = container.decode(stream)
+def _decode_tolerant(container, stream, max_errors: int = MAX_BAD_PACKETS) -> Iterator:
+    """Frames in presentation order, skipping packets the decoder rejects (a damaged stretch of the file).
+
+    Stops, keeping what decoded, when the demuxer cannot go on (a truncated file) or after `max_errors` bad
+    packets (a file that is garbage from there on).
+    """
+    errors = 0
+    packets = container.demux(stream)
     while True:
         try:
-            frame = next(gen)
+            packet = next(packets)
         except StopIteration:
             return
         except _av_errors() as exc:
-            logger.warning("video decoding stopped early: %s", exc)
+            logger.warning("video ends early, keeping the frames before: %s", exc)
             return
-        yield frame
+        try:
+            frames = packet.decode()  # the final empty packet flushes the decoder's delayed frames
+        except _av_errors() as exc:
+            errors += 1
+            logger.warning("skipping an undecodable packet (%d so far): %s", errors, exc)
+            if errors >= max_errors:
+                return
+            continue
+        yield from frames
 
 
 def _select_sequential(container, stream, decoder: _Decoder, n: int) -> tuple[list[Candidate | None], int]:
     best: list[Candidate | None] = [None] * n
     container.seek(0, stream=stream)  # rewind past the probe frame; decoders are flushed by seek
-    duration = decoder.info.duration_s
+    duration, fps = decoder.info.duration_s, decoder.info.fps
     decoded = 0
     for frame in _decode_tolerant(container, stream):
         t = decoder.time(frame)
-        _consider(best, _bucket(t, duration, n), frame, decoder, decoded, t)
+        # The frame number from the timestamp, as in seek mode: stays right after a skipped damaged stretch.
+        index = round(t * fps) if fps else decoded
+        _consider(best, _bucket(t, duration, n), frame, decoder, index, t)
         decoded += 1
     return best, decoded
 

@@ -34,8 +34,8 @@ from pipeline.alignment import (
     align_to_reference,
     clean_mesh,
     main_components,
-    medoid_index,
     sample_surface,
+    shape_outliers,
 )
 from pipeline.errors import FusionError, InvalidParameter
 from pipeline.params import MergeStrategy
@@ -43,7 +43,9 @@ from pipeline.params import MergeStrategy
 logger = logging.getLogger(__name__)
 
 RESOLUTION_RANGE = (32, 512)
-DEFAULT_RESOLUTION = 160  # grid cells along the longest side; see benchmarks/bench_fusion.py for the cost
+# Grid cells along the longest side. 128 gives ~90k faces for a tyre (a TripoSR frame at 256: ~100k) and costs
+# ~1 s CPU per 100k-face frame on the 2-core dev box (160: ~1.4 s); benchmarks/bench_fusion.py measures it.
+DEFAULT_RESOLUTION = 128
 BAND_VOXELS = 2  # the signed distance is computed within this many voxels of a surface, clamped beyond
 PAD_VOXELS = 3  # empty margin around the objects so marching cubes closes the surface
 SAMPLES_PER_VOXEL_AREA = (
@@ -90,7 +92,7 @@ def fuse_meshes(
     InvalidParameter : bad strategy, resolution or scores length.
     FusionError : no meshes, or no usable mesh (the message gives each frame's reason).
     """
-    started = time.perf_counter()
+    clock = _Stopwatch()
     try:
         strategy = MergeStrategy(strategy)
     except ValueError:
@@ -102,10 +104,13 @@ def fuse_meshes(
     if scores is not None:
         if len(scores) != len(meshes):
             raise InvalidParameter("scores", f"{len(scores)} scores for {len(meshes)} meshes")
-        scores = [float(s) if s is not None and np.isfinite(s) else -np.inf for s in scores]
+        try:
+            scores = [float(s) if s is not None else -np.inf for s in scores]
+        except (TypeError, ValueError):
+            raise InvalidParameter("scores", f"expected numbers, got {list(scores)!r}") from None
+        scores = [s if np.isfinite(s) else -np.inf for s in scores]
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    clock.restart()
     cleans: list[CleanMesh] = []
     frames: list[dict] = []
     for i, mesh in enumerate(meshes):
@@ -118,21 +123,24 @@ def fuse_meshes(
             scale=None,
             turn_ambiguous=None,
             transform=None,
+            reference=False,
         )
         frames.append(info)
         if clean is not None:
             cleans.append(clean)
-    timings["clean"] = time.perf_counter() - t0
+    clock.lap("clean")
     if not cleans:
         reasons = ", ".join(f"frame {f['index']}: {f['reason']}" for f in frames)
         raise FusionError(f"no usable mesh among {len(meshes)} frames ({reasons})")
 
-    # reference: best score, else the shape medoid
+    # reference: the best score among frames whose shape is not an outlier, else the shape medoid
+    medoid, odd = shape_outliers(cleans)
     if scores is not None:
-        ref_pos = max(range(len(cleans)), key=lambda k: scores[cleans[k].index])
+        candidates = [k for k in range(len(cleans)) if not odd[k]]
+        ref_pos = max(candidates, key=lambda k: scores[cleans[k].index])
         reference_choice = "best_score"
     elif len(cleans) > 2:
-        ref_pos = medoid_index(cleans)
+        ref_pos = medoid
         reference_choice = "medoid"
     else:
         ref_pos = 0
@@ -159,19 +167,18 @@ def fuse_meshes(
     )
 
     if strategy is MergeStrategy.BEST or len(cleans) == 1:
-        if len(cleans) == 1 and strategy is not MergeStrategy.BEST:
-            report["warnings"].append(
-                f"only one usable frame: returning it unfused (asked for {strategy.value})"
-            )
-            report["strategy"] = MergeStrategy.BEST.value
         for c in cleans:
             if c is not ref:
                 frames[c.index].update(kept=False, reason="not_used_by_strategy_best")
-        mesh = ref.mesh.copy()
-        return _finish(FusionResult(mesh, None, report), report, timings, started, job_id)
+        if strategy is MergeStrategy.ALL:  # one usable frame: a one-node scene, still a scene
+            return _finish(FusionResult(None, _scene([ref], [ref.mesh]), report), report, clock, job_id)
+        if strategy is not MergeStrategy.BEST:
+            report["warnings"].append("only one usable frame: returning it unfused (asked for fused)")
+            report["strategy"] = MergeStrategy.BEST.value
+        return _finish(FusionResult(ref.mesh.copy(), None, report), report, clock, job_id)
 
     # align every other frame to the reference
-    t0 = time.perf_counter()
+    clock.restart()
     target = _Target(ref)
     aligned: dict[int, Alignment] = {}
     for c in cleans:
@@ -187,7 +194,7 @@ def fuse_meshes(
             turn_ambiguous=a.turn_ambiguous,
             transform=_to_list(a.matrix @ _translation(-c.centroid)),
         )
-    timings["align"] = time.perf_counter() - t0
+    clock.lap("align")
 
     rejected = _reject_outliers({i: a.error for i, a in aligned.items()}, report)
     for i in rejected:
@@ -207,33 +214,30 @@ def fuse_meshes(
 
     meshes_aligned = [ref.mesh] + [_transformed(c.mesh, aligned[c.index].matrix) for c in kept[1:]]
     if strategy is MergeStrategy.ALL:
-        scene = trimesh.Scene()
-        for c, m in zip(kept, meshes_aligned, strict=True):
-            scene.add_geometry(m, node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
-        return _finish(FusionResult(None, scene, report), report, timings, started, job_id)
+        return _finish(FusionResult(None, _scene(kept, meshes_aligned), report), report, clock, job_id)
 
     if len(kept) == 1:
         report["warnings"].append("every other frame was rejected: returning the reference frame unfused")
         report["strategy"] = MergeStrategy.BEST.value
-        return _finish(FusionResult(ref.mesh.copy(), None, report), report, timings, started, job_id)
+        return _finish(FusionResult(ref.mesh.copy(), None, report), report, clock, job_id)
 
     cameras = [np.array([1.0, 0.0, 0.0])] + [_unit(a.matrix[:3, :3] @ [1.0, 0.0, 0.0]) for a in kept_aligned]
-    mesh = fuse_aligned(meshes_aligned, cameras, resolution, timings)
-    return _finish(FusionResult(mesh, None, report), report, timings, started, job_id)
+    mesh = fuse_aligned(meshes_aligned, cameras, resolution, clock)
+    return _finish(FusionResult(mesh, None, report), report, clock, job_id)
 
 
 def fuse_aligned(
     meshes: Sequence[trimesh.Trimesh],
     cameras: Sequence[np.ndarray],
     resolution: int,
-    timings: dict[str, float] | None = None,
+    clock: _Stopwatch | None = None,
 ) -> trimesh.Trimesh:
     """Average the truncated signed distance of already aligned meshes and extract one watertight surface.
 
     cameras: per mesh, the unit direction (3,) towards the camera that saw it, used to weight colours.
     """
-    timings = timings if timings is not None else {}
-    t0 = time.perf_counter()
+    clock = clock if clock is not None else _Stopwatch()
+    clock.restart()
     lo = np.min([m.bounds[0] for m in meshes], axis=0)
     hi = np.max([m.bounds[1] for m in meshes], axis=0)
     voxel = float((hi - lo).max()) / (resolution - 1)
@@ -244,26 +248,33 @@ def fuse_aligned(
     for mesh in meshes:
         total += _truncated_sdf(mesh, origin, voxel, shape, rng)
     total /= len(meshes)
-    timings["field"] = time.perf_counter() - t0
+    # frames that disagree far from any surface (+trunc vs -trunc) can cancel to exactly 0; a vertex placed
+    # exactly on a grid corner is shared by several cells and breaks manifoldness, so break such ties outward
+    total[total == 0.0] = np.float32(1e-3 * voxel)
+    clock.lap("field")
 
-    t0 = time.perf_counter()
+    clock.restart()
     import mcubes  # PyMCubes; imported here so importing the module stays cheap
 
     # PyMCubes treats values above the iso-level as inside and winds triangles counter-clockwise seen from
     # outside for that convention, so hand it -sdf (inside positive)
     vertices, faces = mcubes.marching_cubes(-total, 0.0)
     vertices = origin + vertices * voxel
-    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
+    # PyMCubes already shares each edge vertex between cells: merging by position would fuse distinct vertices
+    # that sit within rounding of one grid corner and create non-manifold edges
+    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=False)
+    if len(mesh.faces) == 0:
+        raise FusionError("the fused surface is empty (the aligned frames share no inside)")
     mesh, _ = main_components(mesh, 0.05)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
-    timings["marching_cubes"] = time.perf_counter() - t0
+    clock.lap("marching_cubes")
 
-    t0 = time.perf_counter()
+    clock.restart()
     colours = _transfer_colours(mesh, meshes, cameras, voxel)
     if colours is not None:
         mesh.visual.vertex_colors = colours
-    timings["colours"] = time.perf_counter() - t0
+    clock.lap("colours")
     return mesh
 
 
@@ -273,7 +284,7 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     Narrow band: dense surface samples mark the voxels the surface crosses; within BAND_VOXELS of them the
     distance is point-to-plane to the nearest sample (a smooth, signed estimate). Beyond the band the value is
     +-trunc, the sign found by flood fill: band-free regions connected to the grid border are outside. An open
-    mesh lets the fill leak inside; then the sign comes from the nearest sample's normal everywhere (slower).
+    mesh lets the fill leak inside; then a far voxel takes the sign of its nearest band voxel.
     Cost ~ surface area / voxel^2, not grid volume: a KD-tree query only for band voxels.
     """
     trunc = BAND_VOXELS * voxel
@@ -300,17 +311,24 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     leaked = n_inside == 0
     if mesh.is_watertight and not leaked:
         leaked = n_inside + 0.5 * band.sum() < 0.5 * abs(mesh.volume) / voxel**3
-    query = np.ones(shape, dtype=bool) if leaked else band
-    idx = np.nonzero(query)
+    idx = np.nonzero(band)
     coords = origin + np.stack(idx, axis=1) * voxel
-    # band voxels lie within (BAND_VOXELS + 1) * sqrt(3) voxels of a sample; the bound speeds the search up
-    bound = np.inf if leaked else (BAND_VOXELS + 1) * 2.0 * voxel
-    _, nearest = tree.query(coords, distance_upper_bound=bound, workers=-1)
+    # band voxels lie within (BAND_VOXELS + 0.5) * sqrt(3) voxels of a sample; the bound speeds the search up
+    _, nearest = tree.query(coords, distance_upper_bound=(BAND_VOXELS + 0.5) * 1.75 * voxel, workers=-1)
     found = nearest < len(points)
     signed = np.einsum("ij,ij->i", coords[found] - points[nearest[found]], normals[nearest[found]])
     field[tuple(i[found] for i in idx)] = np.clip(signed, -trunc, trunc)
     if leaked:
-        logger.debug("mesh not closed (or fill leaked): sign from normals on the whole grid")
+        # open mesh: each far voxel takes the sign of the nearest band voxel (one distance transform, no
+        # unbounded nearest-neighbour queries, which are slow far from a surface)
+        far = ~band
+        near_band = ndimage.distance_transform_edt(far, return_distances=False, return_indices=True)
+        field[far] = np.where(field[tuple(i[far] for i in near_band)] < 0, -trunc, trunc)
+        logger.debug("mesh not closed (or the fill leaked): far-field sign from the nearest band voxel")
+    # the outer layer is always outside, so marching cubes closes the surface even for open inputs
+    field[[0, -1]] = trunc
+    field[:, [0, -1]] = trunc
+    field[:, :, [0, -1]] = trunc
     return field
 
 
@@ -356,7 +374,7 @@ def _reject_outliers(errors: dict[int, float], report: dict) -> set[int]:
     return rejected
 
 
-def _finish(result: FusionResult, report: dict, timings, started: float, job_id: str | None) -> FusionResult:
+def _finish(result: FusionResult, report: dict, clock: _Stopwatch, job_id: str | None) -> FusionResult:
     frames = report["frames"]
     report["frames_used"] = [f["index"] for f in frames if f["kept"]]
     report["frames_rejected"] = [
@@ -370,8 +388,9 @@ def _finish(result: FusionResult, report: dict, timings, started: float, job_id:
         report["faces"] = int(sum(len(g.faces) for g in result.scene.geometry.values()))
         report["vertices"] = int(sum(len(g.vertices) for g in result.scene.geometry.values()))
         report["watertight"] = None
-    timings["total"] = time.perf_counter() - started
-    report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    clock.total()
+    report["timings_s"] = {k: round(v, 4) for k, v in clock.wall.items()}
+    report["cpu_s"] = {k: round(v, 4) for k, v in clock.cpu.items()}
     logger.info(
         "fusion done job_id=%s strategy=%s frames_used=%s rejected=%s degenerate_axis=%s faces=%d in %.2fs",
         job_id,
@@ -380,9 +399,38 @@ def _finish(result: FusionResult, report: dict, timings, started: float, job_id:
         report["frames_rejected"],
         report["degenerate_axis"],
         report["faces"],
-        timings["total"],
+        clock.wall["total"],
     )
     return result
+
+
+class _Stopwatch:
+    """Wall and process-CPU seconds per stage (CPU time is the honest number on a shared machine)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._start = (time.perf_counter(), time.process_time())
+        self.restart()
+
+    def restart(self) -> None:
+        self._lap = (time.perf_counter(), time.process_time())
+
+    def lap(self, stage: str) -> None:
+        self.wall[stage] = time.perf_counter() - self._lap[0]
+        self.cpu[stage] = time.process_time() - self._lap[1]
+        self.restart()
+
+    def total(self) -> None:
+        self.wall["total"] = time.perf_counter() - self._start[0]
+        self.cpu["total"] = time.process_time() - self._start[1]
+
+
+def _scene(cleans: Sequence[CleanMesh], meshes: Sequence[trimesh.Trimesh]) -> trimesh.Scene:
+    scene = trimesh.Scene()
+    for c, m in zip(cleans, meshes, strict=True):
+        scene.add_geometry(m.copy(), node_name=f"frame_{c.index:03d}", geom_name=f"frame_{c.index:03d}")
+    return scene
 
 
 def _translation(offset: np.ndarray) -> np.ndarray:

@@ -40,6 +40,12 @@ MAX_MEMBER_BYTES = 64 * 1024**2  # one uncompressed image
 MAX_ARCHIVE_BYTES = 1024**3  # all members together, uncompressed
 
 
+# ISO BMFF brands of still HEIF/AVIF images (iPhone photos are HEIC): the box layout of MP4, not a video.
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+)
+
+
 class MediaKind(str, Enum):
     VIDEO = "video"
     IMAGE = "image"
@@ -76,6 +82,11 @@ def detect_kind(path: Path) -> MediaKind:
         raise InvalidInput(f"input {path.name!r} is empty (0 bytes)")
     with path.open("rb") as f:
         head = f.read(HEAD_BYTES)
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        raise UnsupportedMedia(
+            f"input {path.name!r} is a HEIC/AVIF photo, which is not supported; send JPEG or PNG "
+            "(on an iPhone: Settings > Camera > Formats > Most Compatible)"
+        )
     kind = sniff(head)
     if kind is None:
         raise UnsupportedMedia(

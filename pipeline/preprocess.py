@@ -99,10 +99,8 @@ def preprocess_input(
 
     Parameters
     ----------
-    path : one file (video, image or zip, detected from its bytes), a folder of images, or a list of image
-    files.
-    num_frames : frames wanted: a video is cut into this many time buckets; more images than this are thinned
-    out.
+    path : one file (video, image or zip, detected from its bytes), a folder of images, or a list of images.
+    num_frames : frames wanted: a video is cut into this many time buckets; more images are thinned out.
     foreground_ratio : the object's long side as a share of the output square.
     remove_background : run rembg on frames without a meaningful alpha channel; False frames them as they are.
     remover : the process's BackgroundRemover; None builds the default one (u2net) on first use.
@@ -121,7 +119,8 @@ def preprocess_input(
         raise InvalidParameter("size", f"{size} is below 32")
 
     kind, candidates, info = _candidates(path, num_frames)
-    if remove_background and remover is None and any(not has_meaningful_alpha(c.alpha) for c in candidates):
+    usable = [c for c in candidates if c.reason is None]
+    if remove_background and remover is None and any(not has_meaningful_alpha(c.alpha) for c in usable):
         remover = BackgroundRemover()
 
     frames: list[np.ndarray] = []

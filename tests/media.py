@@ -3,7 +3,7 @@
 Reusable by any test (pipeline, service, batch): everything here writes small files with PyAV, Pillow and the
 standard library and returns plain values, so nothing binary has to live in git.
 
-    from tests.media import make_ring_video, ring_image, png_bytes, make_zip, bomb_png
+    from tests.media import make_ring_video, ring_image, png_bytes, make_zip, bomb_png, object_bbox
 
     info = make_ring_video(tmp_path / "ring.mp4", duration_s=4.0, fps=24, blurred_every=3)
     info.num_frames, info.blurred_indices, info.ring_bbox   # ground truth for assertions
@@ -29,6 +29,7 @@ import numpy as np
 BACKGROUND = (222, 226, 230)  # light plain grey-white, like a studio sweep
 RING_COLOUR = (200, 30, 30)  # saturated red
 MARKER_COLOUR = (255, 255, 255)
+GREY_LEVEL = 128  # background of a framed frame: 0.5 * 255, rounded
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,7 @@ class RingVideo:
 def ring_bbox(
     width: int, height: int, *, radius: float = 0.3, centre: tuple[float, float] = (0.5, 0.5)
 ) -> tuple[int, int, int, int]:
-    """Pixel bounding box (x0, y0, x1, y1 exclusive) of the ring drawn by `ring_image` with the same
-    arguments."""
+    """Pixel bounding box (x0, y0, x1, y1 exclusive) of the ring `ring_image` draws with these arguments."""
     cx, cy = centre[0] * width, centre[1] * height
     r = radius * min(width, height)
     # Pixel (x, y) is inside when its centre (x + 0.5, y + 0.5) lies within r of (cx, cy).
@@ -140,6 +140,7 @@ def make_ring_video(
     blurred: Iterable[int] = (),
     blur_sigma: float = 6.0,
     rotation: int = 0,
+    pix_fmt: str = "yuv420p",
 ) -> RingVideo:
     """Write a ring video with PyAV and return its ground truth.
 
@@ -154,6 +155,7 @@ def make_ring_video(
     blurred_every : blur every k-th frame (indices k-1, 2k-1, ...) when > 0.
     blurred : further frame indices to blur.
     rotation : display-matrix rotation in degrees (90 mimics a portrait phone video), stored as metadata only.
+    pix_fmt : encoder pixel format ("yuv420p10le" with "libx265" mimics an iPhone HEVC video).
     """
     import av
 
@@ -165,10 +167,12 @@ def make_ring_video(
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         stream.codec_context.gop_size = gop or fps
-        if codec == "libx264":
+        if codec in ("libx264", "libx265"):
             stream.options = {"crf": "20", "preset": "ultrafast"}
+            if codec == "libx265":
+                stream.options["x265-params"] = "log-level=error"
         elif codec.startswith("libvpx"):
             stream.options = {"deadline": "realtime", "cpu-used": "8"}  # the default "good" takes seconds
         if rotation:
@@ -190,6 +194,18 @@ def make_ring_video(
         blurred_indices=frozenset(i for i in blur_set if i < n),
         ring_bbox=ring_bbox(width, height, radius=radius, centre=centre),
     )
+
+
+def object_bbox(framed: np.ndarray, tol: int = 24) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1 exclusive) of the object in a framed uint8 (H, W, 3) image.
+
+    Object pixels differ from the 0.5 grey background by more than `tol` levels in some channel.
+    """
+    diff = np.abs(framed.astype(np.int16) - GREY_LEVEL).max(axis=2) > tol
+    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("the frame is plain grey: no object")
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def png_bytes(image: np.ndarray, format: str = "PNG") -> bytes:

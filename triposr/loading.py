@@ -95,9 +95,7 @@ def load_model(
     model.to(target)
     if half:
         if target.type == "cuda":
-            for module in (model.image_tokenizer, model.tokenizer, model.backbone, model.post_processor):
-                module.half()
-            model.half_precision = True
+            model.half_encoder()
         else:
             logger.warning("half precision is only used on CUDA; %s runs in float32", target)
     logger.info(
@@ -128,7 +126,7 @@ def _locate(source: str | os.PathLike[str]) -> tuple[Path, str | None]:
 def _hub_file(repo_id: str, filename: str) -> str:
     """Path of `filename` from the hub cache, downloading it only if the cache lacks it and the hub is
     allowed."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
         HFValidationError,
@@ -145,10 +143,9 @@ def _hub_file(repo_id: str, filename: str) -> str:
     except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, HFValidationError, OSError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         reason = "HF_HUB_OFFLINE is set and the Hugging Face cache lacks it" if offline else f"{exc}"
-        cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise ModelNotFoundError(
             f"cannot get {filename} of '{repo_id}' (no local folder of that name either): {reason}. "
-            f"Cache searched under HF_HOME={cache}. {HOW_TO_GET}",
+            f"Hugging Face cache searched: {constants.HF_HUB_CACHE}. {HOW_TO_GET}",
             repo_id,
         ) from exc
 

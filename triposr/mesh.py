@@ -48,6 +48,18 @@ logger = logging.getLogger(__name__)
 Field = Callable[[torch.Tensor], torch.Tensor]
 """World points (N, 3) float32 -> values (N,). Called once per chunk of at most `chunk_size` points."""
 
+# (x, y, z) native -> (y, z, x): Z up becomes glTF's +Y up and the camera side (+X) becomes glTF's front (+Z);
+# a proper rotation (det +1), so triangle winding is kept.
+# Upstream's gradio app uses (x, y, z) -> (-y, z, -x) instead: also Y-up, but the object faces -Z.
+GLTF_FROM_NATIVE = np.array(
+    [
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
 # Smallest value taken before log in the log-domain seed test (float32 exp(x) underflows to 0 below x ~ -104).
 _LOG_FLOOR = 1e-38
 

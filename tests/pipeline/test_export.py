@@ -136,6 +136,10 @@ def test_object_size_scales_the_largest_dimension_to_metres(tmp_path):
     mesh = _loaded_mesh(path)
     assert mesh.extents.max() == pytest.approx(0.72, rel=1e-6)
     assert mesh.extents == pytest.approx(np.array([0.4, 1.0, 0.2]) * 0.72, rel=1e-6)
+    matrix = np.array(trimesh.load(path, force="scene").metadata["export"]["matrix_from_native"])
+    assert mesh.bounds == pytest.approx(
+        trimesh.transform_points(_tall_box().bounds, matrix)[[0, 1]], abs=1e-6
+    )
     assert trimesh.load(path, force="scene").metadata["export"]["units"] == "m"
 
 

@@ -39,7 +39,6 @@ def tyre_case():
     meshes, matrices = shapes.make_frames(truth, TURNS, seed=3)
     meshes[CORRUPTED] = shapes.corrupted(meshes[CORRUPTED], np.random.default_rng(5))
     scores = [0.7, 0.9, 0.8, 0.6, 1.0, 0.5]  # the corrupted frame scores best: the reference must not be it
-    scores[CORRUPTED] = 0.1
     result = fuse_meshes(meshes, scores=scores, resolution=RESOLUTION)
     return truth, meshes, matrices, result
 
@@ -65,7 +64,7 @@ def test_corrupted_frame_rejected_as_outlier(tyre_case):
     report = result.report
     assert report["frames_rejected"] == [{"index": CORRUPTED, "reason": "alignment_outlier"}]
     assert report["frames_used"] == [i for i in range(len(TURNS)) if i != CORRUPTED]
-    assert report["reference_frame"] == 1  # best score among usable frames
+    assert report["reference_frame"] == 1  # best score among frames of plausible shape (4 scored higher)
     kept_errors = [f["alignment_error"] for f in report["frames"] if f["kept"] and not f.get("reference")]
     assert report["frames"][CORRUPTED]["alignment_error"] > 3 * max(kept_errors)
 
@@ -143,6 +142,22 @@ def test_asymmetric_blob_aligns_from_arbitrary_turns():
         assert shapes.rotation_angle_deg(rot_got.T @ rot_want) < 2.0
 
 
+def test_open_frames_clipped_like_triposr_box_still_fuse_watertight():
+    truth = shapes.blob(subdivisions=3)
+    meshes, matrices = shapes.make_frames(truth, [0, 90, 180, 270], seed=2, noise=0.003)
+    for mesh in meshes:  # cut the top off each frame: an open mesh, as when the object leaves TripoSR's box
+        mesh.update_faces(mesh.triangles_center[:, 2] < 0.5)
+        mesh.remove_unreferenced_vertices()
+        assert not mesh.is_watertight
+    result = fuse_meshes(meshes, resolution=64)
+    assert result.report["frames_rejected"] == []
+    assert result.mesh.is_watertight
+    ref = result.report["reference_frame"]
+    fused = result.mesh.copy()
+    fused.apply_transform(np.linalg.inv(np.array(result.report["frames"][ref]["transform"]) @ matrices[ref]))
+    assert shapes.chamfer(fused, truth) < 0.012
+
+
 def test_strategy_all_gives_one_scene_node_per_kept_frame():
     truth = shapes.blob(subdivisions=3)
     meshes, _ = shapes.make_frames(truth, [0, 120, 240], seed=4, noise=0.002)
@@ -212,9 +227,20 @@ def test_one_frame_returns_it_unfused_with_a_warning():
     assert result.report["degenerate_axis"] is None
 
 
+def test_one_frame_with_strategy_all_is_a_one_node_scene():
+    result = fuse_meshes([trimesh.Trimesh(), shapes.blob(subdivisions=2)], strategy="all")
+    assert result.mesh is None and list(result.scene.graph.nodes_geometry) == ["frame_001"]
+    assert result.report["frames_used"] == [1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"scores": [1.0]}, "scores"), ({"resolution": 8}, "resolution"), ({"strategy": "average"}, "merge")],
+    [
+        ({"scores": [1.0]}, "scores"),
+        ({"scores": ["x", 1.0]}, "scores"),
+        ({"resolution": 8}, "resolution"),
+        ({"strategy": "average"}, "merge"),
+    ],
 )
 def test_bad_parameters_raise_invalid_parameter(kwargs, field):
     meshes = [shapes.blob(subdivisions=1)] * 2
