@@ -260,12 +260,7 @@ class Service:
                 if event is None:
                     yield ": keep-alive\n\n"
                 else:
-                    kind = (
-                        "state"
-                        if event["message"] is None or event["state"] != "reconstructing"
-                        else "progress"
-                    )
-                    yield f"id: {event['seq']}\nevent: {kind}\ndata: {json.dumps(event)}\n\n"
+                    yield f"id: {event['seq']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
 
         return StreamingResponse(
             stream(),

@@ -119,6 +119,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX job_events_job ON job_events (job_id, seq);
     """,
+    # 2: events say what they are ("state" change, frame "progress", "cancel" request) for SSE event names
+    """
+    ALTER TABLE job_events ADD COLUMN kind TEXT NOT NULL DEFAULT 'state';
+    """,
 ]
 
 _JSON_FIELDS = ("frames", "report", "timings")
@@ -308,7 +312,7 @@ class JobStore:
             .fetchall()
         )
         return [
-            {"seq": r["seq"], "job_id": job_id, "state": r["state"], "stage": r["stage"],
+            {"seq": r["seq"], "kind": r["kind"], "job_id": job_id, "state": r["state"], "stage": r["stage"],
              "progress": round(r["progress"], 4), "message": r["message"], "at": iso(r["at"])}
             for r in rows
         ]  # fmt: skip
@@ -382,8 +386,11 @@ class JobStore:
         )
         return self.get(job_id)
 
-    def update(self, job_id: str, *, event: bool = False, message: str | None = None, **fields: Any) -> Job:
-        """Change non-state fields (progress, report...); `event=True` also streams the change to watchers."""
+    def update(
+        self, job_id: str, *, event: str | None = None, message: str | None = None, **fields: Any
+    ) -> Job:
+        """Change non-state fields (progress, report...); `event` (a kind: "progress", "cancel") also logs an
+        event that SSE/WebSocket watchers receive."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute("SELECT state, stage, progress FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -393,7 +400,7 @@ class JobStore:
             if event:
                 self._event(
                     conn, job_id, JobState(row["state"]), fields.get("stage", row["stage"]),
-                    fields.get("progress", row["progress"]), message, now,
+                    fields.get("progress", row["progress"]), message, now, kind=event,
                 )  # fmt: skip
         return self.get(job_id)
 
@@ -440,7 +447,7 @@ class JobStore:
             return job
         if job.state.terminal:
             raise JobAlreadyFinished(f"job {job_id} already {job.state.value}")
-        return self.update(job_id, cancel_requested=1, event=True, message="cancel requested")
+        return self.update(job_id, cancel_requested=1, event="cancel", message="cancel requested")
 
     def recover_orphans(
         self, *, stale_before: float, max_attempts: int, exclude_owner: str | None = None
@@ -518,8 +525,10 @@ class JobStore:
         progress: float,
         message: str | None,
         now: float,
+        kind: str = "state",
     ) -> None:
         conn.execute(
-            "INSERT INTO job_events (job_id, state, stage, progress, message, at) VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, state.value, stage, progress, message, now),
+            "INSERT INTO job_events (job_id, kind, state, stage, progress, message, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job_id, kind, state.value, stage, progress, message, now),
         )

@@ -235,7 +235,10 @@ class Orchestrator:
 
     # -- cancel --------------------------------------------------------------------------------------------
     async def cancel(self, job_id: str) -> Job:
+        before = await asyncio.to_thread(self.store.get, job_id)
         job = await asyncio.to_thread(self.store.request_cancel, job_id)
+        if before.state == JobState.QUEUED and job.state == JobState.CANCELLED:
+            self.metrics.job_finished(JobState.CANCELLED.value)  # never reached run_job
         task = self.running.get(job_id)
         if task is not None and not task.done():
             task.cancel("cancel requested")
@@ -338,7 +341,11 @@ class Orchestrator:
                     PROGRESS_PREPROCESSED + (PROGRESS_RECONSTRUCTED - PROGRESS_PREPROCESSED) * done / count
                 )
                 await asyncio.to_thread(
-                    self.store.update, job_id, progress=share, event=True, message=f"frame {done}/{count}"
+                    self.store.update,
+                    job_id,
+                    progress=share,
+                    event="progress",
+                    message=f"frame {done}/{count}",
                 )
         finally:
             for call in calls:

@@ -123,8 +123,8 @@ def free_port() -> int:
 def ray_cluster():
     """One small local Ray cluster for the session: a logical GPU so fractional-GPU replicas schedule on CPU.
 
-    Yields the Prometheus metrics port. Ray's footprint is bounded: 4 logical CPUs (on a 2-core machine the
-    replicas mostly wait on each other), a 256 MB object store, no dashboard UI,
+    Yields the Prometheus metrics port. Ray's footprint is bounded: 6 logical CPUs (for the 5 replicas; on a
+    2-core machine they mostly wait on each other), a 256 MB object store, no dashboard UI,
     metrics reported every second.
     """
     import ray
@@ -133,7 +133,7 @@ def ray_cluster():
     root = Path(__file__).resolve().parents[2]
     metrics_port = free_port()
     ray.init(
-        num_cpus=4,
+        num_cpus=6,
         num_gpus=1,
         object_store_memory=256 * 1024**2,
         include_dashboard=False,

@@ -22,45 +22,66 @@ pytestmark = pytest.mark.ray
 
 APP = "triposr"
 TERMINAL = {"succeeded", "failed", "cancelled"}
-# A long batch wait makes frames of jobs submitted together meet in one forward pass.
-TEST_OPTIONS = {
-    "Reconstruct": {"user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 1.0}},
-    "Preprocess": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 0}},
-}
+ROOT = Path(__file__).resolve().parents[2]
+# Deployed the way `serve deploy serve_config.yaml` does (import path, typed args, per-deployment overrides):
+# only then can a user_config change be applied live, without restarting the replica. A long batch wait
+# (6 s; a full batch of 8 frames goes at once) lets frames of jobs preprocessed in parallel meet in one
+# forward pass even on a loaded 2-core CI machine.
+DEPLOYMENTS = [
+    {"name": "Reconstruct", "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 6.0}},
+    {"name": "Preprocess", "num_replicas": 2},
+]
 
 
-def deploy(settings: Settings) -> str:
+def deploy(args: dict, deployments: list[dict] = DEPLOYMENTS) -> str:
     from ray import serve
     from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.application import build
-
-    serve.run(build(settings, TEST_OPTIONS), name=APP, route_prefix="/")
-    port = _get_global_client().http_config.port
-    return f"http://127.0.0.1:{port}"
+    config = ServeDeploySchema.model_validate(
+        {
+            "applications": [
+                {
+                    "name": APP,
+                    "route_prefix": "/",
+                    "import_path": "serve_app:app",
+                    "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
+                    "args": args,
+                    "deployments": deployments,
+                }
+            ]
+        }
+    )
+    client = _get_global_client()
+    client.deploy_apps(config)
+    deadline = time.monotonic() + 300
+    while (status := serve.status().applications.get(APP)) is None or status.status != "RUNNING":
+        assert status is None or status.status not in ("DEPLOY_FAILED", "UNHEALTHY"), status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    return f"http://127.0.0.1:{client.http_config.port}"
 
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, tmp_path_factory, tiny_model_dir, rembg_dir):
     base = tmp_path_factory.mktemp("e2e")
     (base / "inputs").mkdir()
-    settings = Settings().merged(
-        {
-            "data_dir": str(base / "data"),
-            "model_source": str(tiny_model_dir),
-            "model_device": "cpu",
-            "rembg_model": "u2netp",
-            "rembg_dir": str(rembg_dir),
-            "input_roots": [str(base / "inputs")],
-            "upload_limit_bytes": 2_000_000,
-            "default_mc_resolution": 32,
-            "default_num_frames": 2,
-            "orphan_after_s": 5.0,
-        }
-    )
-    url = deploy(settings)
+    args = {
+        "data_dir": str(base / "data"),
+        "model_source": str(tiny_model_dir),
+        "model_device": "cpu",
+        "rembg_model": "u2netp",
+        "rembg_dir": str(rembg_dir),
+        "input_roots": [str(base / "inputs")],
+        "upload_limit_bytes": 2_000_000,
+        "default_mc_resolution": 32,
+        "default_num_frames": 2,
+        "orphan_after_s": 5.0,
+    }
+    settings = Settings().merged(args)
+    url = deploy(args)
     with httpx.Client(base_url=url, timeout=60) as client:
-        yield client, settings
+        yield client, settings, args
     from ray import serve
 
     serve.delete(APP)
@@ -85,7 +106,7 @@ def wait_terminal(client: httpx.Client, job_id: str, timeout_s: float = 180.0) -
 
 
 def test_video_job_over_http_succeeds_with_stages_progress_and_sse(service, ring_video):
-    client, _ = service
+    client, *_ = service
     job_id = submit(client, ring_video)
     states, progress = [], []
     with client.stream("GET", f"/reconstruct/events/{job_id}") as events:
@@ -115,7 +136,7 @@ def test_video_job_over_http_succeeds_with_stages_progress_and_sse(service, ring
 def test_concurrent_jobs_all_finish_and_share_gpu_batches(service, ring_video):
     from ray import serve
 
-    client, settings = service
+    client, settings, *_ = service
     before = serve.get_deployment_handle("Reconstruct", app_name=APP).batch_stats.remote().result()
     ids: list[str] = []
     threads = [threading.Thread(target=lambda: ids.append(submit(client, ring_video))) for _ in range(4)]
@@ -136,7 +157,7 @@ def test_concurrent_jobs_all_finish_and_share_gpu_batches(service, ring_video):
 
 
 def test_cancel_a_running_job(service, ring_video):
-    client, _ = service
+    client, *_ = service
     job_id = submit(client, ring_video, num_frames="6", mc_resolution="64")
     deadline = time.monotonic() + 60
     while client.get(f"/reconstruct/status/{job_id}").json()["state"] == "queued":
@@ -149,7 +170,7 @@ def test_cancel_a_running_job(service, ring_video):
 
 
 def test_bad_input_over_http_is_json_4xx_and_service_keeps_serving(service, ring_video, corrupt_video):
-    client, _ = service
+    client, *_ = service
     good = submit(client, ring_video)  # runs while the bad requests arrive
 
     def post(**kwargs):
@@ -180,70 +201,74 @@ def test_bad_input_over_http_is_json_4xx_and_service_keeps_serving(service, ring
 def test_reconstruct_batching_reconfigures_without_restart(service):
     from ray import serve
 
-    from serve_app.application import build
-
-    _, settings = service
+    *_, args = service
     handle = serve.get_deployment_handle("Reconstruct", app_name=APP)
     before = handle.batch_stats.remote().result()
-    options = {
-        **TEST_OPTIONS,
-        "Reconstruct": {"user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.5}},
-    }
-    serve.run(build(settings, options), name=APP, route_prefix="/")
-    after = handle.batch_stats.remote().result()
-    assert after["config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.5}
+    config = {"max_batch_size": 4, "batch_wait_timeout_s": 0.5}
+    deploy(args, [{"name": "Reconstruct", "user_config": config}, DEPLOYMENTS[1]])
+    deadline = time.monotonic() + 60
+    while (after := handle.batch_stats.remote().result())["config"] != config:
+        assert time.monotonic() < deadline, after["config"]
+        time.sleep(0.2)
     assert after["pid"] == before["pid"] and after["batches"] == before["batches"]  # same live replica
-    serve.run(build(settings, TEST_OPTIONS), name=APP, route_prefix="/")
+    deploy(args)
 
 
 def test_custom_metrics_are_exported_with_sensible_values(service, ray_cluster):
     """Read Prometheus text from Ray's metrics endpoint (not our code's counters)."""
     port = ray_cluster
     wanted = {
-        "ray_triposr_jobs_total{": lambda v: v >= 6,
-        "ray_triposr_stage_seconds_count{": lambda v: v >= 1,
-        "ray_triposr_frames_per_job_count{": lambda v: v >= 6,
-        "ray_triposr_reconstruct_batch_size_count{": lambda v: v >= 1,
-        "ray_triposr_upload_bytes_total{": lambda v: v > 100_000,
-        "ray_triposr_jobs_queued{": lambda v: v >= 0,
-        "ray_triposr_jobs_running{": lambda v: v >= 0,
+        "ray_triposr_jobs_total": lambda v: v >= 5,
+        "ray_triposr_stage_seconds_count": lambda v: v >= 4 * 5,
+        "ray_triposr_frames_per_job_count": lambda v: v >= 5,
+        "ray_triposr_frames_per_job_sum": lambda v: v >= 2 * 5,
+        "ray_triposr_reconstruct_batch_size_count": lambda v: v >= 1,
+        "ray_triposr_reconstruct_batch_size_sum": lambda v: v >= 2 * 5,
+        "ray_triposr_upload_bytes_total": lambda v: v > 100_000,
+        "ray_triposr_jobs_queued": lambda v: v >= 0,
+        "ray_triposr_jobs_running": lambda v: v >= 0,
     }
     deadline = time.monotonic() + 60
-    found: dict[str, float] = {}
-    while time.monotonic() < deadline:
+    while True:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         found = _sum_metrics(text, wanted)
-        if all(prefix in found and check(found[prefix]) for prefix, check in wanted.items()):
+        ok = {name: name in found and check(found[name]) for name, check in wanted.items()}
+        if all(ok.values()) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    for prefix, check in wanted.items():
-        assert prefix in found and check(found[prefix]), (prefix, found.get(prefix))
+    assert all(ok.values()), found
+    frames = found["ray_triposr_frames_per_job_sum"] / found["ray_triposr_frames_per_job_count"]
+    assert 2 <= frames <= 6  # every job asked for 2 frames, the cancelled one for 6
+    batch = (
+        found["ray_triposr_reconstruct_batch_size_sum"] / found["ray_triposr_reconstruct_batch_size_count"]
+    )
+    assert 2 <= batch <= 8  # a job's frames always share a batch; max_batch_size is 8
     assert 'state="succeeded"' in text and 'state="cancelled"' in text
     for stage in ("queue_wait", "preprocess", "reconstruct", "merge"):
         assert f'stage="{stage}"' in text
 
 
-def _sum_metrics(text: str, prefixes) -> dict[str, float]:
+def _sum_metrics(text: str, names) -> dict[str, float]:
+    """Sum each metric over all its label sets (replicas, states, stages)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
-        for prefix in prefixes:
-            if line.startswith(prefix):
-                out[prefix] = out.get(prefix, 0.0) + float(line.rsplit(" ", 1)[1])
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
 
 def test_app_restart_keeps_every_job_and_finishes_queued_ones(service, ring_video):
     from ray import serve
 
-    client, settings = service
+    client, _, args = service
     before = {j["job_id"]: j["state"] for j in client.get("/jobs", params={"limit": 500}).json()["jobs"]}
     pending = [submit(client, ring_video) for _ in range(3)]
     serve.delete(APP)  # the ingress re-queues what it was running; nothing is lost
-    url = deploy(settings)
+    url = deploy(args)
     with httpx.Client(base_url=url, timeout=60) as fresh:
         after = {j["job_id"]: j["state"] for j in fresh.get("/jobs", params={"limit": 500}).json()["jobs"]}
         assert set(before) | set(pending) == set(after)
         assert all(after[j] == s for j, s in before.items())  # finished jobs unchanged
         docs = [wait_terminal(fresh, job_id) for job_id in pending]
     assert [d["state"] for d in docs] == ["succeeded"] * 3, [d["error"] for d in docs]
-    service[0].base_url = httpx.URL(url)

@@ -276,3 +276,10 @@ def test_start_recovers_orphaned_and_queued_jobs(make_client, settings, ring_vid
     assert wait_terminal(client, queued.id)["state"] == "succeeded"
     recovered = wait_terminal(client, orphan.id)
     assert recovered["state"] == "succeeded" and recovered["attempts"] == 2
+
+
+def test_job_timeout_fails_the_job_with_a_reason(make_client, settings, ring_video):
+    client = make_client(settings.merged({"job_timeout_s": 0.2}))
+    job_id = submit_video(client, ring_video, mc_resolution="32").json()["job_id"]
+    doc = wait_terminal(client, job_id)
+    assert doc["state"] == "failed" and doc["error"]["code"] == "job_timeout"

@@ -58,8 +58,11 @@ def test_full_lifecycle_records_events_in_order(store):
     store.transition(job.id, JobState.MERGING)
     done = store.transition(job.id, JobState.SUCCEEDED, result_path="/x.glb")
     assert done.progress == 1.0 and done.finished_at is not None and done.owner is None
-    states = [e["state"] for e in store.events_since(job.id)]
+    store.update(job.id, progress=0.5, event="progress", message="frame 1/2")
+    events = store.events_since(job.id)
+    states = [e["state"] for e in events if e["kind"] == "state"]
     assert states == ["queued", "preprocessing", "reconstructing", "merging", "succeeded"]
+    assert [e["kind"] for e in events].count("progress") == 1
 
 
 @pytest.mark.parametrize(
@@ -158,3 +161,22 @@ def test_list_filters_by_state_and_paginates(store):
     assert total == 4 and len(page) == 2
     page2, _ = store.list(states=[JobState.QUEUED], limit=2, offset=2)
     assert not {j.id for j in page} & {j.id for j in page2}
+
+
+def test_old_schema_is_migrated_in_place_keeping_rows(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO jobs (id, state, stage, params, created_at, updated_at) "
+        "VALUES ('old', 'queued', 'queue', '{}', 1, 1)"
+    )
+    conn.execute(
+        "INSERT INTO job_events (job_id, state, stage, progress, at) VALUES ('old', 'queued', 'queue', 0, 1)"
+    )
+    conn.commit()
+    conn.close()
+    store = JobStore(path)
+    assert store.schema_version() == len(MIGRATIONS) >= 2
+    assert store.get("old").state == JobState.QUEUED
+    assert store.events_since("old")[0]["kind"] == "state"
