@@ -28,23 +28,19 @@ from scipy.spatial import cKDTree
 logger = logging.getLogger(__name__)
 
 # Surface samples per frame used for alignment: enough for sub-degree turns on the test shapes, cheap to query
-# (measured on the 2-core dev box: one KD query of 1500 points against 8000 samples costs ~2 ms CPU).
+# (measured on the 2-core dev box: one KD query of 1000 points against 8000 samples costs ~1.5 ms CPU).
 N_TARGET_SAMPLES = 8000
 N_SOURCE_SAMPLES = 1000
 N_AZIMUTH_BINS = 180  # 2-degree bins for the coarse turn search
-N_HEIGHT_BINS = 8  # profile rows (height bands) per azimuth bin
 TILT_GRID_DEG = (-6.0, 0.0, 6.0)
-TILT_SAMPLES = 400
+TILT_SAMPLES = 400  # source points used to rank the tilt grid
 N_STARTS = 3  # distinct coarse peaks refined by ICP
-DISTANCE_CAP = (
-    0.25  # cap on a single residual (fraction of RMS radius), so stray points cannot dominate a cost
-)
-ICP_START_ITERATIONS = 12  # per coarse start: enough to rank the starts
-ICP_ITERATIONS = 60  # then every start to convergence (typically 10-30 more)
+# cap on a single residual (fraction of RMS radius), so stray points cannot dominate a cost
+DISTANCE_CAP = 0.25
+ICP_ITERATIONS = 60  # per start; converges in 10-40
 SCALE_LIMITS = (0.8, 1.25)  # ICP may correct the RMS-radius scale by at most this factor
-AMBIGUITY_T = (
-    6.0  # paired t below which a different turn fits "as well" (measured: torus <= 3.2, marked tyre >= 17)
-)
+# paired t below which a different turn fits "as well" (measured: torus <= 3.2, marked tyre >= 17)
+AMBIGUITY_T = 6.0
 AMBIGUITY_MIN_DEG = 15.0  # ... if it lies at least this far from the best turn
 
 
@@ -56,8 +52,8 @@ class CleanMesh:
     mesh: trimesh.Trimesh
     centroid: np.ndarray  # (3,) float, removed translation, input units
     rms_radius: float  # area-weighted RMS distance of the surface from the centroid, input units
-    samples: np.ndarray  # (n, 3) float, area-weighted surface samples of the centred mesh
-    normals: np.ndarray  # (n, 3) float, unit face normals at the samples
+    samples: np.ndarray  # (n, 3) float, area-weighted samples of the centred, smoothed surface
+    normals: np.ndarray  # (n, 3) float, unit face normals of the smoothed surface at the samples
     info: dict = field(default_factory=dict)  # report entries (JSON-able)
 
 
@@ -352,7 +348,8 @@ def align_to_reference(
     turns = np.deg2rad(np.arange(N_AZIMUTH_BINS) * 360.0 / N_AZIMUTH_BINS)
     starts = _distinct_minima(-score, N_STARTS, min_gap=round(12.0 * N_AZIMUTH_BINS / 360.0))
 
-    # 2. per start: small tilt grid, then a short ICP
+    # 2. per start: small tilt grid, then ICP to convergence (every start: ranking them early can be off by
+    #    a tread pitch)
     results = []
     for i in starts:
         best_r, best_c = None, np.inf
@@ -362,16 +359,10 @@ def align_to_reference(
                 c = target.cost(src[:TILT_SAMPLES] @ r.T)  # ranking only: a subset is enough
                 if c < best_c:
                     best_r, best_c = r, c
-        r, s, t = _icp(src, target, best_r, 1.0, zero, ICP_START_ITERATIONS)
+        r, s, t = _icp(src, target, best_r, 1.0, zero, ICP_ITERATIONS)
+        s = float(np.clip(s, *SCALE_LIMITS))
         results.append((target.cost(s * (src @ r.T) + t), r, s, t))
-    results.sort(key=lambda x: x[0])
-
-    # 3. every start runs to convergence (ranking after the short ICP can be wrong by a tread pitch)
-    refined = []
-    for _, r, s, t in results:
-        r, s, t = _icp(src, target, r, s, t, ICP_ITERATIONS)
-        refined.append((target.cost(s * (src @ r.T) + t), r, s, t))
-    refined.sort(key=lambda x: x[0])
+    refined = sorted(results, key=lambda x: x[0])
     cost, r, s, t = refined[0]
     turn, tilt = turn_and_tilt_deg(r)
 
