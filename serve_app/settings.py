@@ -1,7 +1,7 @@
 """One typed settings object for the service, the CLI and batch runs.
 
-Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and validated here, once;
-nothing else reads `os.environ`. App-builder arguments override the environment
+Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and validated here, once; nothing
+else reads `os.environ`. App-builder arguments override the environment
 (`Settings.from_env(env).merged(args)`).
 """
 
@@ -41,6 +41,11 @@ class Settings:
     max_queued_jobs: int = 256  # beyond this, submissions get 503 (back-pressure)
     job_timeout_s: float = 3600.0
     retention_s: float = 7 * 24 * 3600.0  # finished jobs' files are removed after this long
+    sweep_interval_s: float = 600.0  # how often the retention sweep runs
+    orphan_after_s: float = 60.0  # active job with a silent runner this long: re-run or failed
+    max_attempts: int = 2  # runs of one job (first + re-runs after restarts) before "interrupted"
+    max_upload_files: int = 64  # files in one multipart upload (images)
+    torch_threads: int | None = None  # torch CPU threads in a reconstruct replica; None = its num_cpus
     defaults: JobParams = field(default_factory=JobParams)
 
     @classmethod
@@ -86,6 +91,12 @@ class Settings:
             raise SettingsError("max_running_jobs and max_queued_jobs must be >= 1")
         if self.job_timeout_s <= 0 or self.retention_s <= 0:
             raise SettingsError("job_timeout_s and retention_s must be > 0")
+        if self.sweep_interval_s <= 0 or self.orphan_after_s <= 0:
+            raise SettingsError("sweep_interval_s and orphan_after_s must be > 0")
+        if self.max_attempts < 1 or self.max_upload_files < 1:
+            raise SettingsError("max_attempts and max_upload_files must be >= 1")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise SettingsError(f"torch_threads must be >= 1, got {self.torch_threads}")
 
     @property
     def jobs_dir(self) -> Path:

@@ -1,0 +1,172 @@
+"""Service overhead: the same 8-frame job through HTTP (Ray Serve, three deployments) vs in-process.
+
+    python benchmarks/bench_serve.py                     # full-size weights from /work/fullckpt if present
+    python benchmarks/bench_serve.py --model-source tests/fixtures/tiny --repeats 3
+
+Both paths run the same stage functions (pipeline/runner.py) on the same generated ring video with the same
+parameters: preprocess (u2netp) -> one batched encode of 8 frames + marching cubes per frame -> fuse ->
+export. The in-process path runs first, before Ray starts, so the idle cluster does not steal its CPU; then
+the app is deployed (CPU-only: Reconstruct gets num_gpus 0 and the same torch thread count) and the job is
+submitted over HTTP, waited for and downloaded. Prints median seconds of each and `http/in_process`. Not a
+test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FULL_CKPT = Path("/work/fullckpt")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_process(video: Path, out_dir: Path, params, settings, repeats: int, warmup: int) -> list[float]:
+    import torch
+
+    from pipeline.matting import BackgroundRemover
+    from pipeline.runner import run_pipeline
+    from triposr import load_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(settings.torch_threads)
+    model = load_model(settings.model_source, device="cpu", chunk_size=settings.chunk_size)
+    remover = BackgroundRemover(settings.rembg_model, settings.rembg_dir, download=False)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        report = run_pipeline(video, out_dir / f"local_{i}.glb", params, model=model, remover=remover)
+        elapsed = time.perf_counter() - t0
+        print(f"  in-process run {i}{' (warm-up)' if i < warmup else ''}: {elapsed:.2f}s {_stages(report)}")
+        if i >= warmup:
+            times.append(elapsed)
+    del model
+    return times
+
+
+def over_http(video: Path, params, settings, repeats: int, warmup: int) -> list[float]:
+    import httpx
+    import ray
+    from ray import serve
+
+    from serve_app.application import build
+
+    ray.init(
+        num_cpus=6, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )  # fmt: skip
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        options = {"Reconstruct": {"ray_actor_options": {"num_cpus": 2, "num_gpus": 0},
+                                   "user_config": {"max_batch_size": params.num_frames,
+                                                   "batch_wait_timeout_s": 0.05}}}  # fmt: skip
+        serve.run(build(settings, options), name="bench", route_prefix="/")
+        times = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+            for i in range(warmup + repeats):
+                t0 = time.perf_counter()
+                with video.open("rb") as f:
+                    response = client.post(
+                        "/reconstruct", files={"video": (video.name, f)}, data=_form(params)
+                    )
+                response.raise_for_status()
+                job_id = response.json()["job_id"]
+                while True:
+                    doc = client.get(f"/reconstruct/status/{job_id}").json()
+                    if doc["state"] in ("succeeded", "failed", "cancelled"):
+                        break
+                    time.sleep(0.05)
+                if doc["state"] != "succeeded":
+                    raise RuntimeError(f"job failed: {doc['error']}")
+                glb = client.get(f"/reconstruct/result/{job_id}")
+                glb.raise_for_status()
+                elapsed = time.perf_counter() - t0
+                print(f"  http run {i}{' (warm-up)' if i < warmup else ''}: {elapsed:.2f}s "
+                      f"{_stages({'timings': doc['timings']})}")  # fmt: skip
+                if i >= warmup:
+                    times.append(elapsed)
+        return times
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _form(params) -> dict[str, str]:
+    return {
+        k: str(v).lower() if isinstance(v, bool) else str(v)
+        for k, v in params.to_dict().items()
+        if v is not None
+    }
+
+
+def _stages(report: dict) -> str:
+    t = report["timings"]
+    return " ".join(f"{k}={t[k]:.2f}" for k in ("queue_wait", "preprocess", "reconstruct", "merge") if k in t)
+
+
+def main() -> None:
+    from pipeline.params import JobParams
+    from serve_app.settings import Settings
+    from tests.media import make_ring_video
+
+    default_model = (
+        FULL_CKPT if (FULL_CKPT / "model.ckpt").is_file() else ROOT / "tests" / "fixtures" / "tiny"
+    )
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-source", default=str(default_model))
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--mc-resolution", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads on both paths")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        video = make_ring_video(tmp_path / "ring.mp4", width=320, height=240, fps=24, duration_s=4.0).path
+        settings = Settings().merged(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "model_source": args.model_source,
+                "model_device": "cpu",
+                "rembg_model": "u2netp",
+                "rembg_dir": str(ROOT / "models" / "rembg"),
+                "torch_threads": args.threads,
+            }
+        )
+        params = JobParams(num_frames=args.frames, mc_resolution=args.mc_resolution)
+        import torch
+
+        print(
+            f"device: CPU ({os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads); "
+            f"model {args.model_source}; {args.frames} frames, mc_resolution {args.mc_resolution}"
+        )
+        local = in_process(video, tmp_path, params, settings, args.repeats, args.warmup)
+        http = over_http(video, params, settings, args.repeats, args.warmup)
+
+    med_local, med_http = statistics.median(local), statistics.median(http)
+    print(f"in-process median: {med_local * 1000:.0f} ms  ({', '.join(f'{t:.2f}' for t in local)} s)")
+    print(f"http       median: {med_http * 1000:.0f} ms  ({', '.join(f'{t:.2f}' for t in http)} s)")
+    print(
+        f"http/in_process = {med_http / med_local:.3f}x  (overhead {100 * (med_http / med_local - 1):+.1f}%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""The HTTP API (Starlette): submit, status, result, events (SSE + WebSocket), job list, cancel, health.
+
+`build_app(settings, workers)` returns a plain Starlette app; Serve runs it on the ingress replica
+(serve_app/app.py), unit tests run it in-process with TestClient. Route functions only validate, store the
+input, create the job row and wake the orchestrator; running jobs lives in serve_app/orchestrator.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from pipeline.params import JobParams
+from serve_app import errors as se
+from serve_app.jobs import TERMINAL, Job, JobState, JobStore, new_job_id
+from serve_app.metrics import ServiceMetrics
+from serve_app.orchestrator import Orchestrator, Workers
+from serve_app.settings import Settings
+from serve_app.uploads import FILE_FIELDS, receive_multipart, resolve_under
+
+logger = logging.getLogger(__name__)
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+MAX_JSON_BYTES = 64 * 1024
+PATH_FIELDS = ("source", "preprocessing_output_dir", "output_glb_path")
+EVENT_POLL_S = 0.25
+KEEPALIVE_S = 15.0
+MEDIA_TYPES = {"glb": "model/gltf-binary", "obj": "model/obj", "ply": "application/ply"}
+
+
+class Service:
+    """What the routes share: settings, store, orchestrator, metrics."""
+
+    def __init__(self, settings: Settings, workers: Workers, metrics: ServiceMetrics | None = None) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.metrics = metrics or ServiceMetrics()
+        self.store: JobStore | None = None
+        self.orchestrator: Orchestrator | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.store = await asyncio.to_thread(JobStore, self.settings.db_path)
+        self.orchestrator = Orchestrator(self.store, self.settings, self.workers, self.metrics)
+        await self.orchestrator.start()
+        try:
+            yield
+        finally:
+            await self.orchestrator.stop()
+
+    @property
+    def jobs(self) -> JobStore:
+        if self.store is None:
+            raise se.NotReady("the service is starting")
+        return self.store
+
+    @property
+    def runner(self) -> Orchestrator:
+        if self.orchestrator is None:
+            raise se.NotReady("the service is starting")
+        return self.orchestrator
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def authorize(self, headers: Any) -> None:
+        token = self.settings.api_token
+        if token is None:
+            return
+        given = headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise se.Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    async def get_job(self, job_id: str) -> Job:
+        if not JOB_ID_RE.match(job_id):
+            raise se.JobNotFound(f"no job with id {job_id!r}")
+        return await asyncio.to_thread(self.jobs.get, job_id)
+
+    @staticmethod
+    def urls(request: Request | WebSocket, job_id: str) -> dict[str, str]:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return {
+            "status_url": f"{root}/reconstruct/status/{job_id}",
+            "result_url": f"{root}/reconstruct/result/{job_id}",
+            "events_url": f"{root}/reconstruct/events/{job_id}",
+            "ws_url": f"{root}/reconstruct/ws/{job_id}",
+        }
+
+    def params_from(self, raw: dict[str, Any]) -> JobParams:
+        merged = {**self.settings.defaults.to_dict(), **{k: v for k, v in raw.items() if v is not None}}
+        unknown = sorted(set(raw) - set(self.settings.defaults.to_dict()))
+        if unknown:  # JobParams names the field too, but this message lists the whole API
+            known = sorted([*self.settings.defaults.to_dict(), *PATH_FIELDS])
+            raise se.InvalidParameter(f"{unknown[0]}: unknown parameter (known: {', '.join(known)})")
+        return JobParams.from_mapping(merged)
+
+    # -- routes --------------------------------------------------------------------------------------------
+    async def submit(self, request: Request) -> Response:
+        self.authorize(request.headers)
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            if not IDEMPOTENCY_KEY_RE.match(key):
+                raise se.BadRequest("Idempotency-Key must be 1-255 printable ASCII characters without spaces")
+            existing = await asyncio.to_thread(self.jobs.find_by_idempotency_key, key)
+            if existing is not None:
+                return self._accepted(request, existing, replayed=True)
+        counts = await asyncio.to_thread(self.jobs.counts)
+        if counts[JobState.QUEUED.value] >= self.settings.max_queued_jobs:
+            raise se.Overloaded(
+                f"{counts['queued']} jobs are queued (limit {self.settings.max_queued_jobs}); retry later",
+                headers={"Retry-After": "30"},
+            )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        job_id = new_job_id()
+        job_dir = self.settings.jobs_dir / job_id
+        try:
+            if content_type == "multipart/form-data":
+                input_path, kind, params, output = await self._from_multipart(request, job_dir)
+            elif content_type == "application/json":
+                input_path, kind, params, output = await self._from_json(request)
+            else:
+                raise se.UnsupportedMedia(
+                    f"Content-Type {content_type or '(none)'!r} is not accepted; send multipart/form-data "
+                    "(video, images or archive) or application/json (source)"
+                )
+            job, created = await asyncio.to_thread(
+                self.jobs.create, params, job_id=job_id, input_path=str(input_path), input_kind=kind,
+                output_path=None if output is None else str(output), idempotency_key=key,
+            )  # fmt: skip
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            raise
+        if not created:  # lost a race with a retry carrying the same key
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+        self.runner.wake()
+        return self._accepted(request, job, replayed=not created)
+
+    def _accepted(self, request: Request, job: Job, *, replayed: bool) -> JSONResponse:
+        urls = self.urls(request, job.id)
+        headers = {"Location": urls["status_url"]}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(
+            {"job_id": job.id, "state": job.state.value, **urls}, status_code=202, headers=headers
+        )
+
+    async def _from_multipart(
+        self, request: Request, job_dir: Path
+    ) -> tuple[Path, str, JobParams, Path | None]:
+        input_dir = job_dir / "input"
+        upload = await receive_multipart(
+            request, input_dir, limit_bytes=self.settings.upload_limit_bytes,
+            max_files=self.settings.max_upload_files,
+        )  # fmt: skip
+        self.metrics.upload_bytes_total.inc(upload.total_bytes)
+        fields = dict(upload.fields)
+        output_raw = fields.pop("output_glb_path", None)
+        for name in ("source", "preprocessing_output_dir"):
+            if name in fields:
+                raise se.BadRequest(f"{name!r} is for JSON requests; a multipart request uploads the input")
+        params = self.params_from(fields)
+        if not upload.files:
+            raise se.MissingInput(f"no input file: upload one of the fields {', '.join(FILE_FIELDS)}")
+        for saved in upload.files:
+            if saved.size == 0:
+                raise se.EmptyFile(f"uploaded file {saved.filename!r} ({saved.field}) is empty")
+        kinds = {f.field for f in upload.files}
+        if len(kinds) > 1 or (len(upload.files) > 1 and kinds != {"images"}):
+            raise se.BadRequest("send one video, one archive, or one or more images — not a mix")
+        detected = await asyncio.to_thread(_detect_all, [f.path for f in upload.files])
+        if len(upload.files) == 1:
+            input_path, kind = upload.files[0].path, detected[0]
+        else:
+            if set(detected) != {"image"}:
+                raise se.UnsupportedMedia("several files were uploaded but not all of them are images")
+            input_path, kind = input_dir, "images"
+        output = self._output_path(output_raw)
+        return input_path, kind, params, output
+
+    async def _from_json(self, request: Request) -> tuple[Path, str, JobParams, Path | None]:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BYTES:
+                raise se.PayloadTooLarge(f"JSON body larger than {MAX_JSON_BYTES} bytes")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise se.MalformedJSON(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise se.MalformedJSON("the JSON body must be an object")
+        source = data.pop("source", None)
+        alias = data.pop("preprocessing_output_dir", None)
+        if source is not None and alias is not None and source != alias:
+            raise se.BadRequest("give either 'source' or 'preprocessing_output_dir', not two different paths")
+        source = source if source is not None else alias
+        output_raw = data.pop("output_glb_path", None)
+        params = self.params_from(data)
+        if source is None:
+            raise se.MissingInput("JSON requests need 'source' (or 'preprocessing_output_dir')")
+        path = resolve_under(source, self.settings.input_roots, what="source", must_exist=True)
+        kind = "images" if path.is_dir() else (await asyncio.to_thread(_detect_all, [path]))[0]
+        return path, kind, params, self._output_path(output_raw)
+
+    def _output_path(self, raw: Any) -> Path | None:
+        if raw is None or raw == "":
+            return None
+        path = resolve_under(raw, self.settings.output_roots, what="output_glb_path", must_exist=False)
+        if path.is_dir():
+            raise se.InvalidInput(f"output_glb_path {raw!r} is a folder; give a file path")
+        return path
+
+    async def status(self, request: Request) -> Response:
+        self.authorize(request.headers)
+        job = await self.get_job(request.path_params["job_id"])
+        doc = job.public(request.scope.get("root_path", "").rstrip("/"))
+        doc["cancel_requested"] = job.cancel_requested
+        return JSONResponse(doc)
+
+    async def result(self, request: Request) -> Response:
+        self.authorize(request.headers)
+        job = await self.get_job(request.path_params["job_id"])
+        if job.state == JobState.SUCCEEDED:
+            if job.files_removed_at is not None or not job.result_path or not Path(job.result_path).is_file():
+                raise se.ResultExpired(f"the result of job {job.id} was removed after the retention period")
+            fmt = job.params.format.value
+            return FileResponse(
+                job.result_path, media_type=MEDIA_TYPES[fmt], filename=f"{job.id}.{fmt}",
+                headers={"Cache-Control": "private, max-age=3600"},
+            )  # fmt: skip
+        if job.state == JobState.FAILED:
+            raise se.JobFailed(f"job {job.id} failed ({job.error_code}): {job.error_message}")
+        if job.state == JobState.CANCELLED:
+            raise se.JobFailed(f"job {job.id} was cancelled")
+        raise se.JobNotFinished(f"job {job.id} is {job.state.value} ({job.progress:.0%}); try again later")
+
+    async def events(self, request: Request) -> Response:
+        self.authorize(request.headers)
+        job = await self.get_job(request.path_params["job_id"])
+        last = request.headers.get("last-event-id", "0")
+        after = int(last) if last.isdigit() else 0
+
+        async def stream() -> AsyncIterator[str]:
+            async for event in self._event_stream(job.id, after):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    yield f"id: {event['seq']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _event_stream(self, job_id: str, after: int) -> AsyncIterator[dict[str, Any] | None]:
+        """Every event after `after` until a terminal state; None now and then as a keep-alive."""
+        quiet_since = time.monotonic()
+        while True:
+            events = await asyncio.to_thread(self.jobs.events_since, job_id, after)
+            for event in events:
+                after = event["seq"]
+                yield event
+                if JobState(event["state"]) in TERMINAL:
+                    return
+            if events:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield None
+            await asyncio.sleep(EVENT_POLL_S)
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        try:
+            self.authorize(websocket.headers)
+            job = await self.get_job(websocket.path_params["job_id"])
+        except se.ServiceError as exc:
+            await websocket.close(code=1008, reason=f"{exc.code}: {exc.message}"[:120])
+            return
+        await websocket.accept()
+        try:
+            async for event in self._event_stream(job.id, 0):
+                if event is not None:
+                    await websocket.send_json(event)
+            await websocket.close(code=1000)
+        except WebSocketDisconnect:
+            return
+
+    async def list_jobs(self, request: Request) -> Response:
+        self.authorize(request.headers)
+        query = request.query_params
+        states: list[JobState] = []
+        for raw in filter(None, (query.get("state") or "").split(",")):
+            try:
+                states.append(JobState(raw.strip().lower()))
+            except ValueError:
+                choices = ", ".join(s.value for s in JobState)
+                raise se.InvalidParameter(f"state: {raw!r} is not one of {choices}") from None
+        limit = _int_query(query.get("limit"), "limit", 50, 1, 500)
+        offset = _int_query(query.get("offset"), "offset", 0, 0, 10**9)
+        jobs, total = await asyncio.to_thread(self.jobs.list, states=states, limit=limit, offset=offset)
+        root = request.scope.get("root_path", "").rstrip("/")
+        items = []
+        for job in jobs:
+            doc = job.public(root)
+            doc.pop("frames", None)
+            doc["frames"] = job.frame_counts()
+            items.append(doc)
+        next_offset = offset + len(jobs) if offset + len(jobs) < total else None
+        return JSONResponse({"jobs": items, "total": total, "limit": limit, "offset": offset,
+                             "next_offset": next_offset})  # fmt: skip
+
+    async def cancel(self, request: Request) -> Response:
+        self.authorize(request.headers)
+        job = await self.get_job(request.path_params["job_id"])
+        job = await self.runner.cancel(job.id)
+        return JSONResponse(
+            {"job_id": job.id, "state": job.state.value, "cancel_requested": job.cancel_requested},
+            status_code=200 if job.state.terminal else 202,
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        if self.store is None or self.orchestrator is None or not self.orchestrator.ready:
+            raise se.NotReady("the service is starting or stopping")
+        counts = await asyncio.to_thread(self.store.counts)
+        return JSONResponse(
+            {"status": "ready", "jobs": counts, "running_here": len(self.orchestrator.running)}
+        )
+
+
+def _int_query(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise se.InvalidParameter(f"{name}: expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise se.InvalidParameter(f"{name}: {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _detect_all(paths: list[Path]) -> list[str]:
+    """Kind of each input from its bytes (videos are probed): raises the pipeline's 415/422 errors."""
+    from pipeline.inputs import detect_kind
+
+    return [str(detect_kind(path).value) for path in paths]
+
+
+def build_app(settings: Settings, workers: Workers, metrics: ServiceMetrics | None = None) -> Starlette:
+    """The Starlette app of the HTTP API, explicit routes and one error handler table."""
+    service = Service(settings, workers, metrics)
+    routes = [
+        Route("/reconstruct", service.submit, methods=["POST"]),
+        Route("/reconstruct/status/{job_id}", service.status, methods=["GET"]),
+        Route("/reconstruct/result/{job_id}", service.result, methods=["GET"]),
+        Route("/reconstruct/events/{job_id}", service.events, methods=["GET"]),
+        WebSocketRoute("/reconstruct/ws/{job_id}", service.websocket),
+        Route("/jobs", service.list_jobs, methods=["GET"]),
+        Route("/jobs/{job_id}", service.status, methods=["GET"]),
+        Route("/jobs/{job_id}", service.cancel, methods=["DELETE"]),
+        Route("/healthz", service.healthz, methods=["GET"]),
+        Route("/readyz", service.readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers=se.exception_handlers(), lifespan=service.lifespan)
+    app.state.service = service
+    return app
