@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--model", default="/work/fullckpt", help="folder with config.yaml + model.ckpt")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2, help="timed encodes and adaptive meshes")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up encode (slow CPUs)")
     ap.add_argument("--chunk-size", type=int, default=8192, help="points per decoder call (API default 8192)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--skip-dense", action="store_true", help="adaptive only (dense takes minutes on CPU)")
@@ -65,7 +66,8 @@ def main() -> None:
     print(f"load_model: {wall:.1f} s")
     image = ring_image()
 
-    model.encode([image])  # warm-up
+    if not args.no_warmup:
+        model.encode([image])
     enc = [timed(lambda: model.encode([image])) for _ in range(args.repeats)]
     codes = enc[0][0]
     enc_wall, enc_cpu = statistics.median(e[1] for e in enc), statistics.median(e[2] for e in enc)

@@ -101,6 +101,9 @@ def export_result(
         format = MeshFormat(str(getattr(format, "value", format)).lower())
     except ValueError:
         raise InvalidParameter("format", f"{format!r} is not one of glb, obj, ply") from None
+    for name, value in (("object_size_m", object_size_m), ("target_faces", target_faces)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+            raise InvalidParameter(name, f"expected a number, got {value!r}")
     if object_size_m is not None and not OBJECT_SIZE_M_RANGE[0] <= object_size_m <= OBJECT_SIZE_M_RANGE[1]:
         raise InvalidParameter("object_size_m", f"{object_size_m} is outside {list(OBJECT_SIZE_M_RANGE)}")
     if target_faces is not None and not TARGET_FACES_RANGE[0] <= target_faces <= TARGET_FACES_RANGE[1]:
@@ -108,6 +111,8 @@ def export_result(
 
     parts = _parts(result)
     faces_before = sum(len(m.faces) for _, m in parts)
+    if faces_before == 0:
+        raise InvalidParameter("result", "nothing to export: the result has no faces")
     if target_faces is not None and target_faces < faces_before:
         parts = [
             (name, decimate(m, max(4, round(target_faces * len(m.faces) / faces_before))))

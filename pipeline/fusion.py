@@ -56,6 +56,7 @@ SAMPLES_PER_VOXEL_AREA = (
 MAD_K = 4.0
 RELATIVE_FLOOR = 1.5
 HARD_ERROR_LIMIT = 0.08
+ERROR_FLOOR = 0.01  # never reject below 1% of the RMS radius (near-identical frames have a MAD of ~0)
 DEGENERATE_FRACTION = 0.5  # the axis is degenerate when at least this share of aligned frames is ambiguous
 
 
@@ -368,7 +369,7 @@ def _reject_outliers(errors: dict[int, float], report: dict) -> set[int]:
     if len(values) >= 3:
         med = float(np.median(values))
         mad = float(np.median(np.abs(values - med)))
-        threshold = min(HARD_ERROR_LIMIT, max(med + MAD_K * 1.4826 * mad, RELATIVE_FLOOR * med))
+        threshold = min(HARD_ERROR_LIMIT, max(med + MAD_K * 1.4826 * mad, RELATIVE_FLOOR * med, ERROR_FLOOR))
         rejected |= {i for i, e in errors.items() if e > threshold}
     report["outlier_threshold"] = round(threshold, 6)
     return rejected

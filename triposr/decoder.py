@@ -59,7 +59,8 @@ class TriplaneQuery:
         sampled = F.grid_sample(
             scene_code, coords.unsqueeze(1), mode="bilinear", padding_mode="zeros", align_corners=False
         )  # (3, C, 1, N)
-        return sampled.squeeze(2).permute(2, 0, 1).reshape(points.shape[0], -1)  # (N, 3*C), plane-major
+        n_features = scene_code.shape[0] * scene_code.shape[1]
+        return sampled.squeeze(2).permute(2, 0, 1).reshape(points.shape[0], n_features)  # (N, 3*C)
 
     def __call__(
         self, decoder: NeRFMLP, points: torch.Tensor, scene_code: torch.Tensor

@@ -126,7 +126,8 @@ class TripoSR(nn.Module):
         ]
         if not parts:
             parts = [self.triplane_query(self.decoder, flat, code)]
-        return {k: torch.cat([p[k] for p in parts]).reshape(*lead, -1) for k in parts[0]}
+        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # (N, k) each
+        return {k: v.reshape(*lead, v.shape[-1]) for k, v in out.items()}
 
     def density_field(self, scene_code: torch.Tensor) -> mesh_ops.Field:
         """The function marching cubes thresholds: world points (N, 3) -> density_act (N,)."""

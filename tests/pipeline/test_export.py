@@ -169,6 +169,7 @@ def test_write_is_atomic_and_replaces_an_existing_file(tmp_path):
         ({"format": "fbx"}, "format"),
         ({"object_size_m": 0.0}, "object_size_m"),
         ({"target_faces": 3}, "target_faces"),
+        ({"target_faces": "many"}, "target_faces"),
     ],
 )
 def test_bad_export_parameters_raise_invalid_parameter(tmp_path, kwargs, field):
@@ -176,6 +177,11 @@ def test_bad_export_parameters_raise_invalid_parameter(tmp_path, kwargs, field):
         export_result(_result(_tall_box()), tmp_path / "x.glb", **kwargs)
     assert info.value.field == field
     assert not (tmp_path / "x.glb").exists()
+
+
+def test_empty_result_is_refused(tmp_path):
+    with pytest.raises(InvalidParameter, match="no faces"):
+        export_result(_result(trimesh.Trimesh()), tmp_path / "x.glb")
 
 
 def test_srgb_linear_conversions_match_the_standard_curve():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from pipeline.alignment import turn_and_tilt_deg
 from pipeline.errors import FusionError, InvalidParameter
 from pipeline.fusion import FusionResult, fuse_meshes
 from pipeline.params import MergeStrategy
@@ -55,6 +56,8 @@ def test_recovered_turns_within_2_degrees_and_never_mirrored(tyre_case):
         assert np.linalg.det(rot_got) == pytest.approx(1.0, abs=1e-6)
         rot_want, scale_want = _rotation_part(_expected_output_matrix(report, matrices, frame["index"]))
         assert shapes.rotation_angle_deg(rot_got.T @ rot_want) < 2.0, frame
+        turn_want, _ = turn_and_tilt_deg(rot_want)
+        assert abs((frame["turn_deg"] - turn_want + 180.0) % 360.0 - 180.0) < 2.0
         assert scale_got == pytest.approx(scale_want, rel=0.02)
     assert report["degenerate_axis"] is False
 
@@ -156,6 +159,13 @@ def test_open_frames_clipped_like_triposr_box_still_fuse_watertight():
     fused = result.mesh.copy()
     fused.apply_transform(np.linalg.inv(np.array(result.report["frames"][ref]["transform"]) @ matrices[ref]))
     assert shapes.chamfer(fused, truth) < 0.012
+
+
+def test_identical_frames_are_all_kept():
+    mesh = shapes.blob(subdivisions=3)
+    result = fuse_meshes([mesh.copy() for _ in range(4)], resolution=48)
+    assert result.report["frames_rejected"] == []
+    assert max(f["alignment_error"] for f in result.report["frames"]) < 0.01
 
 
 def test_strategy_all_gives_one_scene_node_per_kept_frame():

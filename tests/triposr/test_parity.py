@@ -87,6 +87,16 @@ def test_query_is_chunked_without_changing_results(tiny_model, tiny_model_dir, t
         torch.testing.assert_close(chunked[key], whole[key], atol=1e-6, rtol=1e-6)
 
 
+def test_query_of_no_points_gives_empty_outputs(tiny_model, tiny_codes):
+    out = tiny_model.query(torch.zeros(0, 3), tiny_codes)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "density": (0, 1),
+        "features": (0, 3),
+        "density_act": (0, 1),
+        "color": (0, 3),
+    }
+
+
 def test_dense_density_grid_matches_upstream(tiny_model, tiny_model_dir, tiny_codes):
     from triposr.mesh import grid_axis
 
