@@ -29,10 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Imported here so `--help` works before the project's heavy dependencies are installed.
+    from pipeline.errors import PipelineError
     from pipeline.matting import BackgroundRemover
     from triposr import ModelNotFoundError, load_model
-
-    from pipeline.errors import PipelineError
 
     try:
         if not args.skip_triposr:

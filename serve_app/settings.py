@@ -30,7 +30,7 @@ class Settings:
     model_source: str = "stabilityai/TripoSR"  # HF repo id or local folder (config.yaml + model.ckpt)
     model_device: str | None = None  # "cuda", "cuda:1", "mps", "cpu"; None picks CUDA > MPS > CPU
     model_half: bool = False  # fp16 on CUDA (deviation documented in README)
-    chunk_size: int = 8192  # density-query chunk: bounds memory during mesh extraction
+    chunk_size: int = 65536  # density-query chunk (points): bounds memory during mesh extraction
     rembg_model: str = "u2net"  # "u2netp" for small machines and tests
     rembg_dir: Path | None = None  # folder holding <rembg_model>.onnx (rembg's U2NET_HOME); None: rembg's
     upload_limit_bytes: int = 512 * 1024 * 1024
