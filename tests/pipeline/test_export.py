@@ -208,3 +208,10 @@ def test_glb_extras_keep_null_and_empty_values(tmp_path):
     assert extras["job"] == {"source": None, "tags": []}
     assert extras["export"]["object_size_m"] is None
     assert extras["export"]["target_faces"] is None
+
+
+def test_export_orientation_matches_the_model_cli():
+    """`python -m triposr` and the service must agree on which way the object faces."""
+    from triposr.mesh import GLTF_FROM_NATIVE
+
+    np.testing.assert_array_equal(Z_UP_TO_Y_UP, GLTF_FROM_NATIVE)
