@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,16 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project and tests/ helpers import
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from benchmarks.machine import cpu_name  # noqa: E402
 
 
 def make_inputs(folder: Path, count: int) -> list[Path]:
@@ -179,7 +169,7 @@ def main() -> int:
     ok = summary["counts"].get("succeeded", 0)
     batch_rate = 60.0 * ok / batch_s
     http_rate = 60.0 * args.items / http_s
-    print(f"device: {_cpu_name()} ({len(os.sched_getaffinity(0))} cores), no GPU "
+    print(f"device: {cpu_name()} ({len(os.sched_getaffinity(0))} cores), no GPU "
           f"(logical GPU for scheduling); model: {args.model_source}")  # fmt: skip
     print(f"items: {args.items} ring videos, num_frames={args.num_frames}, "
           f"mc_resolution={args.mc_resolution}, merge={args.merge}")  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_name
 from pipeline.export import export_result
 from pipeline.fusion import fuse_meshes
 from tests import shapes
@@ -39,7 +39,7 @@ def main() -> None:
     meshes, _ = shapes.make_frames(truth, turns, seed=0)
     meshes[-1] = shapes.corrupted(meshes[-1], np.random.default_rng(1))
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"machine: {cpu_name()}, {os.cpu_count()} cpus, "
         f"load {os.getloadavg()[0]:.1f}"
     )
     print(f"input: {len(meshes)} frames x {len(meshes[0].faces):,} faces (1 corrupted)")
