@@ -12,10 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 
 from pipeline.params import JobParams
-from pipeline.runner import preprocess_stage
+from pipeline.runner import preprocess_payload
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,16 +30,16 @@ class Preprocess:
     def __init__(self, settings: Settings) -> None:
         from pipeline.matting import BackgroundRemover
 
-        self.remover = BackgroundRemover(model_name=settings.rembg_model, model_dir=settings.rembg_dir)
+        # onnxruntime would take every core of the node; keep to this replica's CPU share
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        self.remover = BackgroundRemover(
+            model_name=settings.rembg_model,
+            model_dir=settings.rembg_dir,
+            num_threads=max(1, int(assigned.get("CPU", 1))),
+        )
 
     async def __call__(self, job_id: str, input_path: str, params: dict[str, Any]) -> dict[str, Any]:
         """Returns {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str}."""
         job_params = JobParams.from_mapping(params)
         logger.info("preprocess job_id=%s input=%s", job_id, Path(input_path).name)
-        result = await asyncio.to_thread(preprocess_stage, Path(input_path), job_params, self.remover)
-        return {
-            "frames": result.frames,
-            "scores": [float(s) for s in result.scores],
-            "reports": [r.to_dict() for r in result.reports],
-            "kind": str(getattr(result.kind, "value", result.kind)),
-        }
+        return await asyncio.to_thread(preprocess_payload, Path(input_path), job_params, self.remover)

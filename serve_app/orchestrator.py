@@ -79,15 +79,9 @@ class LocalWorkers:
         self._lock = asyncio.Lock()
 
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]:
-        from pipeline.runner import preprocess_stage
+        from pipeline.runner import preprocess_payload
 
-        result = await asyncio.to_thread(preprocess_stage, Path(input_path), params, self.remover)
-        return {
-            "frames": result.frames,
-            "scores": [float(s) for s in result.scores],
-            "reports": [r.to_dict() for r in result.reports],
-            "kind": str(getattr(result.kind, "value", result.kind)),
-        }
+        return await asyncio.to_thread(preprocess_payload, Path(input_path), params, self.remover)
 
     async def reconstruct(
         self, job_id: str, frame: Any, mesh_path: str, mc_resolution: int
