@@ -126,6 +126,7 @@ class Orchestrator:
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._last_sweep = 0.0
         self._last_heartbeat = 0.0
@@ -181,11 +182,30 @@ class Orchestrator:
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self.run_job(job.id), name=f"job-{job.id}")
         self.running[job.id] = task
-        task.add_done_callback(lambda _t, job_id=job.id: self._finished(job_id))
+        task.add_done_callback(lambda t, job_id=job.id: self._finished(job_id, t))
 
-    def _finished(self, job_id: str) -> None:
+    def _finished(self, job_id: str, task: asyncio.Task[None]) -> None:
         self.running.pop(job_id, None)
+        if task.cancelled() and not self._stopping:
+            # A task cancelled before its first step never enters run_job's handler (a DELETE right after
+            # the dispatcher claimed the job): settle its row here, or it would stay active forever.
+            settle = asyncio.get_running_loop().create_task(self._settle_cancelled(job_id))
+            self._settling.add(settle)
+            settle.add_done_callback(self._settling.discard)
         self.wake()
+
+    async def _settle_cancelled(self, job_id: str) -> None:
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job.state.terminal:
+            return
+        if job.cancel_requested:
+            await self._end(job_id, JobState.CANCELLED, dict(job.timings), message="cancelled")
+            self.metrics.job_finished(JobState.CANCELLED.value)
+        else:
+            await self._end(
+                job_id, JobState.FAILED, dict(job.timings), code="internal", text="job task was cancelled"
+            )
+            self.metrics.job_finished(JobState.FAILED.value)
 
     async def _housekeeping(self) -> None:
         now = time.time()
