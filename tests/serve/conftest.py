@@ -6,6 +6,7 @@ Ray tests (test_e2e.py) share one local cluster per session from `ray_cluster`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,21 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def wait_terminal(client, job_id: str, timeout_s: float = 120.0, poll_s: float = 0.1) -> dict:
+    """Poll the status route (TestClient or httpx.Client) until the job reaches a terminal state."""
+    deadline = time.monotonic() + timeout_s
+    doc: dict = {}
+    while time.monotonic() < deadline:
+        doc = client.get(f"/reconstruct/status/{job_id}").json()
+        if doc["state"] in TERMINAL:
+            return doc
+        time.sleep(poll_s)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s: {doc}")
 
 
 @pytest.fixture(scope="session")

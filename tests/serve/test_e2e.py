@@ -17,11 +17,11 @@ import trimesh
 
 from serve_app.settings import Settings
 from tests.serve.conftest import assert_error
+from tests.serve.conftest import wait_terminal as _wait_terminal
 
 pytestmark = pytest.mark.ray
 
 APP = "triposr"
-TERMINAL = {"succeeded", "failed", "cancelled"}
 ROOT = Path(__file__).resolve().parents[2]
 # Deployed the way `serve deploy serve_config.yaml` does (import path, typed args, per-deployment overrides):
 # only then can a user_config change be applied live, without restarting the replica. A long batch wait
@@ -94,15 +94,8 @@ def submit(client: httpx.Client, video: Path, **fields) -> str:
     return response.json()["job_id"]
 
 
-def wait_terminal(client: httpx.Client, job_id: str, timeout_s: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    doc: dict = {}
-    while time.monotonic() < deadline:
-        doc = client.get(f"/reconstruct/status/{job_id}").json()
-        if doc["state"] in TERMINAL:
-            return doc
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s: {doc}")
+def wait_terminal(client: httpx.Client, job_id: str) -> dict:
+    return _wait_terminal(client, job_id, timeout_s=180.0, poll_s=0.2)
 
 
 def test_video_job_over_http_succeeds_with_stages_progress_and_sse(service, ring_video):

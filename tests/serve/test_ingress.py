@@ -11,19 +11,7 @@ import pytest
 import trimesh
 
 from serve_app.jobs import JobState, JobStore
-from tests.serve.conftest import assert_error
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def wait_terminal(client, job_id: str, timeout_s: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        doc = client.get(f"/reconstruct/status/{job_id}").json()
-        if doc["state"] in TERMINAL:
-            return doc
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s: {doc}")
+from tests.serve.conftest import assert_error, wait_terminal
 
 
 def submit_video(client, path, **fields):
