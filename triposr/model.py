@@ -59,6 +59,8 @@ class TripoSR(nn.Module):
             activation=config.decoder_activation,
         )
         self.triplane_query = TriplaneQuery(radius=config.radius, density_bias=config.density_bias)
+        # backbone.prefix of the learned triplane tokens: image-independent, so computed once per weights
+        self._prefix: dict[tuple, torch.Tensor] = {}
 
     def half_encoder(self) -> TripoSR:
         """Store the encoder (ViT, triplane tokens, backbone, upsampler) in float16: half the memory, and
@@ -88,11 +90,25 @@ class TripoSR(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, S, S) in [0, 1] -> scene codes (B, 3, C', 2P, 2P)."""
+        batch = pixels.shape[0]
         image_tokens = self.image_tokenizer(pixels)  # (B, 1 + N, D), CLS first
-        tokens = self.tokenizer(pixels.shape[0])  # (B, C, 3*P*P)
-        tokens = self.backbone(tokens, image_tokens)  # (B, C, 3*P*P)
+        tokens = self.tokenizer(batch)  # (B, C, 3*P*P)
+        h = self._backbone_prefix().expand(batch, -1, -1).clone()  # (B, 3*P*P, inner), updated in place
+        tokens = self.backbone.finish(h, tokens, image_tokens)  # (B, C, 3*P*P)
         planes = self.tokenizer.detokenize(tokens)  # (B, 3, C, P, P)
         return self.post_processor(planes)  # (B, 3, C', 2P, 2P)
+
+    def _backbone_prefix(self) -> torch.Tensor:
+        """`backbone.prefix` of the learned tokens (1, 3*P*P, inner): the first block's self-attention sees
+        only them, never the image (~1/16 of the backbone's attention work per image, saved)."""
+        first = self.backbone.transformer_blocks[0]
+        watched = [self.tokenizer.embeddings]
+        for module in (self.backbone.norm, self.backbone.proj_in, first.norm1, first.attn1):
+            watched += module.parameters()
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in watched)
+        if key not in self._prefix:
+            self._prefix = {key: self.backbone.prefix(self.tokenizer(1))}
+        return self._prefix[key]
 
     @torch.inference_mode()
     def encode(self, images: Sequence[ImageLike]) -> torch.Tensor:
