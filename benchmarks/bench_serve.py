@@ -61,7 +61,11 @@ def in_process(video: Path, out_dir: Path, params, settings, repeats: int, warmu
     return times
 
 
-def over_http(video: Path, params, settings, repeats: int, warmup: int) -> list[float]:
+def over_http(
+    video: Path, params, settings, repeats: int, warmup: int, reconstruct_gpus: float = 0
+) -> list[float]:
+    """The job over HTTP through a local Serve app; `reconstruct_gpus` > 0 gives the Reconstruct replica a GPU
+    (benchmarks/bench_gpu.py)."""
     import httpx
     import ray
     from ray import serve
@@ -75,7 +79,7 @@ def over_http(video: Path, params, settings, repeats: int, warmup: int) -> list[
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        options = {"Reconstruct": {"ray_actor_options": {"num_cpus": 2, "num_gpus": 0},
+        options = {"Reconstruct": {"ray_actor_options": {"num_cpus": 2, "num_gpus": reconstruct_gpus},
                                    "user_config": {"max_batch_size": params.num_frames,
                                                    "batch_wait_timeout_s": 0.05}}}  # fmt: skip
         serve.run(build(settings, options), name="bench", route_prefix="/")
