@@ -76,6 +76,8 @@ def _params(args: argparse.Namespace) -> dict[str, str]:
     out = {n: str(getattr(args, n)) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "keep_background", False):
         out["remove_background"] = "false"
+    if getattr(args, "strict", False):
+        out["strict"] = "true"
     return out
 
 
@@ -290,6 +292,10 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--object-size-m", type=float, help="scale the largest dimension to this many metres")
     p.add_argument("--target-faces", type=int, help="decimate the result to about this many faces")
     p.add_argument("--keep-background", action="store_true", help="skip background removal")
+    p.add_argument(
+        "--strict", action="store_true",
+        help="refuse input whose frames all fail the framing checks (default: best effort, with a warning)",
+    )  # fmt: skip
 
 
 def _local_args(p: argparse.ArgumentParser) -> None:

@@ -335,8 +335,8 @@ class Orchestrator:
         await self._check_cancel(job_id)
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.RECONSTRUCTING, expect=JobState.PREPROCESSING,
-            frames=pre["reports"], input_kind=pre["kind"], progress=PROGRESS_PREPROCESSED, timings=timings,
-            message=f"{count} frames selected",
+            frames=pre["reports"], input_kind=pre["kind"], warnings=pre["warnings"],
+            progress=PROGRESS_PREPROCESSED, timings=timings, message=f"{count} frames selected",
         )  # fmt: skip
 
         t1 = time.perf_counter()
@@ -374,7 +374,8 @@ class Orchestrator:
 
         t2 = time.perf_counter()
         result_path = job_dir / f"result.{params.format.value}"
-        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve"}
+        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve",
+                    "warnings": pre["warnings"]}  # fmt: skip
         out = await self.workers.export(job_id, mesh_paths, pre["scores"], params, str(result_path), metadata)
         if job.output_path:
             await asyncio.to_thread(_copy_atomic, Path(out["result_path"]), Path(job.output_path))
@@ -384,9 +385,10 @@ class Orchestrator:
             sum(timings[k] for k in ("queue_wait", "preprocess", "reconstruct", "merge")), 4
         )
         report = {"fusion": out["report"]}
+        summary = {"job_id": job_id, "timings": timings, "frames": pre["reports"]}
         await asyncio.to_thread(
             (job_dir / "report.json").write_text,
-            json.dumps({"job_id": job_id, "timings": timings, "frames": pre["reports"], **report}, indent=1),
+            json.dumps({**summary, "warnings": pre["warnings"], **report}, indent=1),
         )
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.SUCCEEDED, expect=JobState.MERGING,
