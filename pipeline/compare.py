@@ -27,8 +27,8 @@ aligned to the reference with a similarity transform estimated only from the sur
    estimate; a tyre's sidewalls and bead). Figures below it are indistinguishable from reconstruction noise.
 
 Frames and conventions (reference coordinates): `axis` points so that its largest component is positive;
-sector angle 0 is the world axis (X, then Y, then Z) least aligned with the tyre axis, projected onto the
-plane of the wheel; angles grow counter-clockwise seen from the axis' tip (right-handed about the axis).
+sector angle 0 is world X projected onto the plane of the wheel (world Y when the axis is within 45 degrees of
+X); angles grow counter-clockwise seen from the axis' tip (right-handed about the axis).
 Bands by distance r from the axis, with R_in/R_out the reference's 0.5/99.5th percentile radii and
 h = R_out - R_in: tread r >= R_out - 0.1 h, shoulder down to R_out - 0.35 h, sidewall (and bead) below.
 Sectors: 36 x 10 degrees over the tread band, where a tyre wears.
@@ -55,7 +55,7 @@ from pipeline.errors import CompareError, InvalidParameter
 logger = logging.getLogger(__name__)
 
 NOISE_FLOOR_SIGMAS = 3.0  # noise floor = 3 sigma: 99.7% of unchanged-surface differences lie within
-SMOOTH_FRACTION = 0.0125  # smoothing radius / object size: 9 mm on a 0.72 m tyre, ~2.2 voxels at mc 256
+SMOOTH_FRACTION = 0.015  # smoothing radius / object size: 11 mm on a 0.72 m tyre, ~2.6 voxels at mc 256
 MIN_COMPONENT_AREA = 0.02  # components below this share of the area are floaters
 MAX_SCALE = 1.25  # TripoSR rescales each crop by +-15%; beyond this the meshes are not the same object
 ICP_SAMPLES = 20_000  # surface samples per mesh for the alignment
@@ -198,7 +198,11 @@ def compare_meshes(
     areas = _vertex_areas(ref.mesh)
     radius = smooth_fraction * size
     smoother = _Smoother(ref.mesh, areas, radius)
-    raw, nearest = _signed_distance(vertices, smoother.normals(), np.asarray(aligned.vertices))
+    # dense samples of the candidate, not its vertices: a coarse mesh has few, far apart
+    dense = trimesh.sample.sample_surface(
+        aligned, max(2 * len(vertices), 100_000), seed=int(rng.integers(1 << 31))
+    )[0]
+    raw, nearest = _signed_distance(vertices, smoother.normals(), np.asarray(dense))
     _check_match(ref, aligned, nearest, size)
     matched = nearest <= MATCH_GATE * size
     smooth = smoother(np.where(matched, raw, np.nan))
@@ -394,10 +398,10 @@ def _canonical_axis(axis: np.ndarray) -> np.ndarray:
 
 
 def _wheel_frame(axis: np.ndarray) -> np.ndarray:
-    """Columns e0, e90, axis: e0 = the world axis least aligned with `axis`, projected into the wheel
-    plane."""
+    """Columns e0, e90, axis: e0 = world X projected into the wheel plane (world Y when the axis lies within
+    45 degrees of X), so that near-ties between world axes cannot swap angle 0."""
     axis = axis / np.linalg.norm(axis)
-    world = np.eye(3)[int(np.argmin(np.abs(axis)))]
+    world = np.eye(3)[0 if abs(axis[0]) < np.sqrt(0.5) else 1]
     e0 = world - axis * (world @ axis)
     e0 /= np.linalg.norm(e0)
     return np.stack([e0, np.cross(axis, e0), axis], axis=1)
@@ -612,7 +616,8 @@ def _robust_icp(
     done = 0
     for done in range(1, iterations + 1):
         moved = cand.points @ matrix[:3, :3].T + matrix[:3, 3]
-        residual, distance = _signed_distance(points, normals, moved, k=8)
+        turned = cand.normals @ (matrix[:3, :3] / np.cbrt(np.linalg.det(matrix[:3, :3]))).T
+        residual, distance = _signed_distance(points, normals, moved, turned, k=8)
         target = points + residual[:, None] * normals  # the candidate's surface along each normal
         local = residual[neighbours].mean(axis=1)
         raw_sigma = max(1.4826 * np.median(np.abs(residual - np.median(residual))), floor)
@@ -636,16 +641,16 @@ def _robust_icp(
         weighted = jacobian * weights[:, None]
         hessian = weighted.T @ jacobian + np.eye(7) * 1e-12 * size**2 * weights.sum()
         step = -np.linalg.solve(hessian, weighted.T @ residual)
-        rotation = Rotation.from_rotvec(step[:3]).as_matrix()
-        update = np.eye(4)
-        update[:3, :3] = (1.0 + step[6]) * rotation
-        update[:3, 3] = centre + step[3:6] - update[:3, :3] @ centre
-        matrix = update @ matrix
         small = (
             np.linalg.norm(step[:3]) < 1e-5
             and abs(step[6]) < 1e-6
             and np.linalg.norm(step[3:6]) < 1e-5 * size
         )
+        rotation = Rotation.from_rotvec(step[:3]).as_matrix()
+        update = np.eye(4)
+        update[:3, :3] = (1.0 + step[6]) * rotation
+        update[:3, 3] = centre + step[3:6] - update[:3, :3] @ centre
+        matrix = update @ matrix
         if small and done >= 5:
             break
     inliers = weights > 0
@@ -657,23 +662,33 @@ def _robust_icp(
 
 # -- distances ---------------------------------------------------------------------------------------------
 def _signed_distance(
-    vertices: np.ndarray, normals: np.ndarray, surface: np.ndarray, tree: cKDTree | None = None, k: int = 16
+    vertices: np.ndarray,
+    normals: np.ndarray,
+    surface: np.ndarray,
+    surface_normals: np.ndarray | None = None,
+    k: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Signed offset along each vertex's (smoothed) normal to the `surface` points around that line
-    (positive: the surface lies outside, i.e. gain), and the distance to the nearest surface point.
+    """Signed distance along each vertex's (smoothed) normal to the surface sampled by `surface` points
+    (positive: the surface lies outside, i.e. gain), and the distance to the nearest point.
 
-    The k nearest points are weighted by their distance *across* the normal only (Gaussian, sigma = the
-    spacing of the surface points): weighting by 3-d distance would favour the noisy points displaced towards
-    the vertex and shrink every real change. Smoothed reference normals rather than the candidate's own:
-    per-vertex normals of a noisy reconstruction tilt by tens of degrees.
+    The k nearest samples are weighted by their distance *across* the normal only (Gaussian, sigma = the
+    samples' spacing): weighting by 3-d distance would favour noisy samples displaced towards the vertex and
+    shrink every real change. Each sample stands for the plane through it normal to `surface_normals` (its
+    face's normal: exact on coarse meshes, used by the fit) or, without them, to the vertex's own smoothed
+    normal (less noise from the tilt of noisy faces, used for the reported distances).
     """
-    tree = cKDTree(surface) if tree is None else tree
-    distance, index = tree.query(vertices, k=k, workers=-1)
+    distance, index = cKDTree(surface).query(vertices, k=k, workers=-1)
     offset = surface[index] - vertices[:, None, :]  # (N, k, 3)
-    along = np.einsum("ijk,ik->ij", offset, normals)
-    across2 = np.maximum((offset**2).sum(axis=2) - along**2, 0.0)
+    if surface_normals is None:
+        face_normal = np.broadcast_to(normals[:, None, :], offset.shape)
+    else:
+        face_normal = surface_normals[index]  # (N, k, 3)
+    facing = np.einsum("ijk,ik->ij", face_normal, normals)  # cos of the angle between the two normals
+    along = np.einsum("ijk,ijk->ij", offset, face_normal) / np.where(facing > 0.3, facing, 1.0)
+    across2 = np.maximum((offset**2).sum(axis=2) - np.einsum("ijk,ik->ij", offset, normals) ** 2, 0.0)
     spacing2 = np.median(distance[:, 1] ** 2) + 1e-300  # typical squared spacing of the surface points
-    weight = np.exp(-0.5 * across2 / spacing2) + 1e-300
+    weight = np.exp(-0.5 * across2 / spacing2) * (facing > 0.3)  # faces turned away belong to another side
+    weight[weight.sum(axis=1) == 0, 0] = 1e-300
     return (weight * along).sum(axis=1) / weight.sum(axis=1), distance[:, 0]
 
 
@@ -831,9 +846,7 @@ def _report(
     ]
     report["sector_frame"] = {
         "band": "tread",
-        "angle_zero": "the world axis (X, then Y, then Z) least aligned with the tyre axis, projected into "
-        "the "
-        "wheel plane, in reference coordinates",
+        "angle_zero": "reference X projected into the wheel plane (Y if the axis is within 45 deg of X)",
         "direction": "counter-clockwise seen from the tip of `alignment.axis` (right-handed about it)",
         "zero_direction": [float(x) for x in frame[:, 0]],
         "noise_floor": floor,

@@ -107,13 +107,8 @@ def read_mesh(data: bytes, name: str) -> trimesh.Trimesh:
     """A mesh from GLB, PLY or OBJ bytes (recognised from the content); InvalidInput otherwise."""
     if not data:
         raise InvalidInput(f"{name}: the file is empty")
-    if data[:4] == GLB_MAGIC:
-        kind = "glb"
-    elif data[:3] == PLY_MAGIC:
-        kind = "ply"
-    elif _looks_like_obj(data):
-        kind = "obj"
-    else:
+    kind = mesh_kind(data)
+    if kind is None:
         raise InvalidInput(f"{name}: not a GLB, PLY or OBJ mesh")
     try:
         loaded = trimesh.load(
@@ -125,6 +120,15 @@ def read_mesh(data: bytes, name: str) -> trimesh.Trimesh:
         return as_mesh(loaded, name)
     except Exception as exc:
         raise InvalidInput(str(exc)) from None
+
+
+def mesh_kind(head: bytes) -> str | None:
+    """ "glb", "ply" or "obj" from a file's first bytes (64 KiB are plenty), else None."""
+    if head[:4] == GLB_MAGIC:
+        return "glb"
+    if head[:3] == PLY_MAGIC:
+        return "ply"
+    return "obj" if _looks_like_obj(head) else None
 
 
 def _looks_like_obj(data: bytes) -> bool:

@@ -188,7 +188,10 @@ def _tread_share(shoulder_deg: np.ndarray) -> np.ndarray:
 
 
 def box(size=(0.7, 0.5, 0.3)) -> trimesh.Trimesh:
-    return trimesh.creation.box(extents=size).subdivide().subdivide().subdivide()
+    """A box meshed about as finely as the tyre (TripoSR meshes are dense everywhere)."""
+    mesh = trimesh.creation.box(extents=size)
+    vertices, faces = trimesh.remesh.subdivide_to_size(mesh.vertices, mesh.faces, max_edge=0.008)
+    return trimesh.Trimesh(vertices, faces)
 
 
 def sphere(radius: float = 0.36) -> trimesh.Trimesh:
