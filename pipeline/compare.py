@@ -29,6 +29,8 @@ aligned to the reference with a similarity transform estimated only from the sur
 Frames and conventions (reference coordinates): `axis` points so that its largest component is positive;
 sector angle 0 is world X projected onto the plane of the wheel (world Y when the axis is within 45 degrees of
 X); angles grow counter-clockwise seen from the axis' tip (right-handed about the axis).
+Per sector and band: `mean_loss` is the net mean of -distance (noise cancels; negative = net gain),
+`max_loss` the largest loss, `area_fraction_over_threshold` the share losing more than the threshold.
 Bands by distance r from the axis, with R_in/R_out the reference's 0.5/99.5th percentile radii and
 h = R_out - R_in: tread r >= R_out - 0.1 h, shoulder down to R_out - 0.35 h, sidewall (and bead) below.
 Sectors: 36 x 10 degrees over the tread band, where a tyre wears.
@@ -795,7 +797,9 @@ def _report(
         if not mask.any():
             return {"mean_loss": None, "max_loss": None, "area_fraction_over_threshold": None}
         return {
-            "mean_loss": float(np.average(loss, weights=w)),
+            # net: the mean of -distance, so noise cancels instead of piling up as false loss (a sector
+            # that picked up rubber reads negative)
+            "mean_loss": float(-np.average(d[mask], weights=w)),
             "max_loss": float(loss.max()),
             "area_fraction_over_threshold": float(w[loss > threshold].sum() / w.sum()),
         }

@@ -69,11 +69,11 @@ def sector_chart_png(report: dict[str, Any], *, dpi: int = 110) -> bytes:
     if sectors:
         width = 2 * math.pi / len(sectors)
         angles = np.array([math.radians(s["start_deg"]) for s in sectors]) + width / 2
-        mean = np.array([s["mean_loss"] or 0.0 for s in sectors])
+        mean = np.maximum([s["mean_loss"] or 0.0 for s in sectors], 0.0)  # net gain shows as no bar
         peak = np.array([s["max_loss"] or 0.0 for s in sectors])
         over = np.array([(s["area_fraction_over_threshold"] or 0.0) > 0.5 for s in sectors])
         axes.bar(angles, mean, width=width * 0.92, color=np.where(over, "#3b4cc0", "#9fb0e8"),
-                 label=f"mean loss ({units})")  # fmt: skip
+                 label=f"net mean loss ({units})")  # fmt: skip
         axes.plot(np.append(angles, angles[0]), np.append(peak, peak[0]), color="#222222", lw=1.0,
                   label=f"max loss ({units})")  # fmt: skip
         ring = np.linspace(0, 2 * math.pi, 361)
