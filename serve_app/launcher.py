@@ -118,6 +118,9 @@ class _Starter(threading.Thread):
         self.temp_dir, self.stop, self.say = temp_dir, stop, say
         self.failed = threading.Event()
         self.ready = threading.Event()  # the app ran: a stop shuts Serve down gracefully (jobs re-queued)
+        # Ray starts GCS and raylet with PR_SET_PDEATHSIG, tied to the *thread* that forked them: this thread
+        # must outlive the service, so it waits for this event once its work is done.
+        self.release = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -128,6 +131,7 @@ class _Starter(threading.Thread):
                 logger.debug("start failed", exc_info=True)
                 self.error = exc
                 self.failed.set()
+        self.release.wait()
 
     def _start(self) -> None:
         import ray
