@@ -167,7 +167,7 @@ def compare_meshes(
         "turn_second_peak": None,
     }
     if ref_axis is not None:
-        ref_frame = _wheel_frame(ref_axis)
+        ref_frame = _wheel_frame(_canonical_axis(ref_axis))
         cand_frame = _wheel_frame(_canonical_axis(cand_axis))
         starts, turn = _turn_hypotheses(ref, cand, ref_frame, cand_frame, scale0, rng)
     else:

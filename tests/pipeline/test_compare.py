@@ -125,3 +125,16 @@ def _rotation_z(degrees: float) -> np.ndarray:
     out = np.eye(4)
     out[:2, :2] = [[c, -s], [s, c]]
     return out
+
+
+def test_axis_and_angle_zero_follow_the_documented_convention():
+    """A reference lying upside down (its tyre axis along -Z): the axis is reported as +Z, angle 0 stays on
+    +X and angles turn counter-clockwise about +Z, so the cut at tyre angles 60..120 reads at 240..300."""
+    flipped, _ = tyres.triposr_like(tyres.racing_tyre(), seed=1, move=False)
+    flipped.apply_transform(np.diag([1.0, -1.0, -1.0, 1.0]))
+    candidate, _ = _candidate(2, wear=tyres.sector_wear(0.003, 60.0, 120.0))
+    report = compare_meshes(flipped, candidate, object_size_m=SIZE_M).report
+    assert report["alignment"]["axis"][2] == pytest.approx(1.0, abs=1e-2)
+    assert report["sector_frame"]["zero_direction"][0] == pytest.approx(1.0, abs=1e-2)
+    worn = [s["index"] for s in report["sectors"] if s["mean_loss"] > 1.5]
+    assert worn == list(range(24, 30)), worn
