@@ -5,6 +5,7 @@
     triposr-serve submit a.jpg b.jpg c.jpg --num-frames 3 --no-wait
     triposr-serve status JOB_ID | download JOB_ID -o x.glb | cancel JOB_ID | list --state succeeded
     triposr-serve run tyre.mp4 -o tyre.glb                                      # no Ray, no HTTP: in-process
+    triposr-serve compare REF CAND -o diff.glb --report diff.json --chart diff.png  # job ids or mesh files
 
 User mistakes (a missing file, a service that is not running, an API error) print one line and exit 1; only
 bugs show a traceback. The only module that prints.
@@ -15,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from serve_app.settings import CliSettings
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -48,7 +48,7 @@ class _ProgressReader:
 def _client(args: argparse.Namespace) -> Any:
     import httpx
 
-    token = args.token or os.environ.get("TRIPOSR_SERVE_API_TOKEN")
+    token = args.token or CliSettings.from_env().api_token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=args.url, headers=headers, timeout=httpx.Timeout(60.0, read=None))
 
@@ -76,6 +76,8 @@ def _params(args: argparse.Namespace) -> dict[str, str]:
     out = {n: str(getattr(args, n)) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "keep_background", False):
         out["remove_background"] = "false"
+    if getattr(args, "strict", False):
+        out["strict"] = "true"
     return out
 
 
@@ -193,6 +195,66 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two mesh files: compared in this process. Two job ids: a compare job on the running service."""
+    out = Path(args.output)
+    files = [Path(p) for p in (args.reference, args.candidate)]
+    if all(p.is_file() for p in files):
+        from pipeline.compare_export import compare_payload
+
+        payload = compare_payload(
+            files[0].read_bytes(), files[1].read_bytes(), object_size_m=args.object_size_m,
+            threshold_mm=args.threshold_mm,
+        )  # fmt: skip
+        _write(out, payload["glb"])
+        if args.report:
+            _write(Path(args.report), json.dumps(payload["report"], indent=1).encode())
+        if args.chart:
+            _write(Path(args.chart), payload["chart"])
+        _print_compare(payload["report"])
+        return 0
+    if any(p.is_file() for p in files) or any("/" in str(p) or "." in p.name for p in files):
+        missing = [str(p) for p in files if not p.is_file()]
+        raise CLIError(f"give two mesh files or two job ids; not a file: {', '.join(missing)}")
+    body = {"reference": args.reference, "candidate": args.candidate, "object_size_m": args.object_size_m,
+            "threshold_mm": args.threshold_mm}  # fmt: skip
+    with _client(args) as client:
+        job = _check(client.post("/compare", json=body)).json()
+        print(f"job {job['job_id']} {job['state']}")
+        state = _follow(client, job["job_id"])
+        if state != "succeeded":
+            doc = _check(client.get(f"/reconstruct/status/{job['job_id']}")).json()
+            error = doc.get("error") or {}
+            raise CLIError(f"job {job['job_id']} {state}: {error.get('code')}: {error.get('message')}")
+        _download(client, job["job_id"], out)
+        report = _check(client.get(f"/reconstruct/result/{job['job_id']}", params={"part": "report"})).json()
+        if args.report:
+            _write(Path(args.report), json.dumps(report, indent=1).encode())
+        if args.chart:
+            chart = _check(client.get(f"/reconstruct/result/{job['job_id']}", params={"part": "chart"}))
+            _write(Path(args.chart), chart.content)
+    _print_compare(report)
+    return 0
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(data)
+    partial.replace(path)
+    print(f"saved {path}")
+
+
+def _print_compare(report: dict[str, Any]) -> None:
+    u, floor = report["units"], report["noise_floor"]
+    a, loss = report["alignment"], report["loss"]
+    print(f"noise floor {floor:.3g} {u}; scale {a['scale']:.4f}; turn {a['turn_deg']} deg "
+          f"(determined: {a['turn_determined']})")  # fmt: skip
+    print(f"loss max {loss['max']:.3g} {u}, over threshold on {loss['area_fraction']:.1%} of the surface")
+    for name, band in (report.get("bands") or {}).items():
+        print(f"  {name:<9} mean loss {band['mean_loss']:.3g} {u}  max {band['max_loss']:.3g} {u}")
+
+
 # -- local service and in-process run -----------------------------------------------------------------------
 
 
@@ -211,37 +273,32 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    """Ray + Serve on this machine (no `ray start` needed), until Ctrl-C."""
-    import ray
-    import torch
-    from ray import serve
-
-    from serve_app.application import build
+    """Ray + Serve on this machine (no `ray start` needed), sized to it, until Ctrl-C or SIGTERM."""
+    from serve_app.launcher import StartError, run_local_service
 
     settings = _settings(args)
-    options: dict[str, dict[str, Any]] = {}
-    has_gpu = torch.cuda.is_available()
-    if not has_gpu:  # a fractional GPU request would never schedule on a CPU-only machine
-        options["Reconstruct"] = {"ray_actor_options": {"num_cpus": 1, "num_gpus": 0}}
-    root = str(Path(__file__).resolve().parent.parent)
-    ray.init(
-        num_cpus=args.num_cpus,
-        include_dashboard=args.dashboard,
-        runtime_env={"env_vars": {"PYTHONPATH": root}},
-        logging_level=logging.WARNING,
-    )
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        print(f"starting (model {settings.model_source}, data {settings.data_dir}, GPU: {has_gpu}) ...")
-        serve.run(build(settings, options), name="triposr", route_prefix="/")
-        print(f"ready at http://{args.host}:{args.port}  (Ctrl-C to stop)")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping ...")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        return run_local_service(
+            settings, host=args.host, port=args.port or CliSettings.from_env().port, num_cpus=args.num_cpus,
+            dashboard=args.dashboard, verbose=args.verbose,
+        )  # fmt: skip
+    except StartError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a Serve config file and check that its replicas fit a cluster, before `serve deploy`."""
+    from serve_app.config_check import check_serve_config
+
+    problems, summary = check_serve_config(
+        Path(args.config), address=args.address, cluster_config=args.cluster,
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+    )  # fmt: skip
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"ok: {summary}")
     return 0
 
 
@@ -290,6 +347,10 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--object-size-m", type=float, help="scale the largest dimension to this many metres")
     p.add_argument("--target-faces", type=int, help="decimate the result to about this many faces")
     p.add_argument("--keep-background", action="store_true", help="skip background removal")
+    p.add_argument(
+        "--strict", action="store_true",
+        help="refuse input whose frames all fail the framing checks (default: best effort, with a warning)",
+    )  # fmt: skip
 
 
 def _local_args(p: argparse.ArgumentParser) -> None:
@@ -307,17 +368,28 @@ def parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=os.environ.get("TRIPOSR_SERVE_URL", DEFAULT_URL))
+        p.add_argument("--url", default=CliSettings.from_env().url, help="default: $TRIPOSR_SERVE_URL")
         p.add_argument("--token", help="bearer token (default: $TRIPOSR_SERVE_API_TOKEN)")
         return p
 
     p = sub.add_parser("start", help="run Ray Serve with the app on this machine until Ctrl-C")
     _local_args(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, help="HTTP port (default: $TRIPOSR_SERVE_PORT or 8000)")
     p.add_argument("--num-cpus", type=int, help="CPUs Ray may use (default: all)")
     p.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard")
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser(
+        "check-config", help="validate a Serve config file and check its replicas fit the cluster"
+    )
+    p.add_argument("config", help="serve_config.yaml (the `serve run` / `serve deploy` format)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--address", help="a running Ray cluster (e.g. auto, or HEAD:6379): its live nodes")
+    where.add_argument("--cluster", help="a Ray cluster-launcher YAML: the largest cluster it can grow to")
+    p.add_argument("--num-cpus", type=float, help="this machine's CPUs for the check (default: all)")
+    p.add_argument("--num-gpus", type=float, help="this machine's GPUs for the check (default: CUDA's)")
+    p.set_defaults(func=cmd_check_config)
 
     p = client_cmd("submit", "upload a video, images or a zip; follow progress; download the result")
     p.add_argument("inputs", nargs="+", help="one video / zip, or several images")
@@ -344,6 +416,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="comma-separated states, e.g. queued,failed")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_list)
+
+    p = client_cmd("compare", "compare two reconstructions (job ids, or GLB/OBJ/PLY files in-process)")
+    p.add_argument("reference", help="job id or mesh file of the reference (before)")
+    p.add_argument("candidate", help="job id or mesh file of the candidate (after)")
+    p.add_argument("-o", "--output", default="diff.glb", help="heat-map GLB (default: diff.glb)")
+    p.add_argument("--report", help="also save the report JSON here")
+    p.add_argument("--chart", help="also save the sector chart PNG here")
+    p.add_argument("--object-size-m", type=float, help="the reference's largest dimension: figures in mm")
+    p.add_argument("--threshold-mm", type=float, default=1.0, help="loss/gain counted above this (1.0)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("run", help="reconstruct in this process (no Ray, no HTTP)")
     p.add_argument("input", help="video, image, zip or folder of images")

@@ -24,9 +24,12 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.params import JobParams
+from pipeline.params import CompareParams, JobParams
+from serve_app.capacity import WORKER_DEPLOYMENTS
+from serve_app.compare_jobs import run_compare
 from serve_app.errors import job_error_from_exception
-from serve_app.jobs import InvalidTransition, Job, JobState, JobStore
+from serve_app.health import DeploymentProblem, deployment_problems
+from serve_app.jobs import InvalidTransition, Job, JobKind, JobState, JobStore
 from serve_app.metrics import ServiceMetrics
 from serve_app.settings import Settings
 
@@ -35,9 +38,14 @@ logger = logging.getLogger(__name__)
 # Share of progress (0..1) at the end of each stage; reconstruction advances per finished frame.
 PROGRESS_PREPROCESSED = 0.15
 PROGRESS_RECONSTRUCTED = 0.9
+STATUS_TTL_S = 2.0  # how stale the ingress's view of the worker deployments may be
 
 
 class Workers(Protocol):
+    async def unavailable(self) -> list[DeploymentProblem]: ...
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]: ...
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]: ...
     async def reconstruct(
         self, job_id: str, frame: Any, mesh_path: str, mc_resolution: int
@@ -54,6 +62,15 @@ class ServeWorkers:
 
     def __init__(self, preprocess: Any, reconstruct: Any, export: Any) -> None:
         self._preprocess, self._reconstruct, self._export = preprocess, reconstruct, export
+        self._problems: tuple[float, list[DeploymentProblem]] = (-STATUS_TTL_S, [])
+
+    async def unavailable(self) -> list[DeploymentProblem]:
+        """Worker deployments that are not running now, from Serve's status (read at most every 2 s)."""
+        at, problems = self._problems
+        if time.monotonic() - at >= STATUS_TTL_S:
+            problems = await asyncio.to_thread(_serve_problems)
+            self._problems = (time.monotonic(), problems)
+        return problems
 
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]:
         return await self._preprocess.remote(job_id, input_path, params.to_dict())
@@ -70,6 +87,19 @@ class ServeWorkers:
     ) -> dict[str, Any]:  # fmt: skip
         return await self._export.remote(job_id, mesh_paths, scores, params.to_dict(), result_path, metadata)
 
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        # on the Export deployment's CPU replicas: the same kind of mesh work as fusion, no new deployment
+        return await self._export.compare.remote(job_id, reference, candidate, params.to_dict())
+
+
+def _serve_problems() -> list[DeploymentProblem]:
+    from ray import serve
+
+    app_name = serve.get_replica_context().app_name
+    return deployment_problems(serve.status().applications.get(app_name), WORKER_DEPLOYMENTS)
+
 
 class LocalWorkers:
     """The same stage functions in this process, one frame at a time behind a lock (tests and small hosts)."""
@@ -77,6 +107,9 @@ class LocalWorkers:
     def __init__(self, model: Any, remover: Any) -> None:
         self.model, self.remover = model, remover
         self._lock = asyncio.Lock()
+
+    async def unavailable(self) -> list[DeploymentProblem]:
+        return []  # built in this process: running, or it would not exist
 
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]:
         from pipeline.runner import preprocess_payload
@@ -108,6 +141,16 @@ class LocalWorkers:
         return await asyncio.to_thread(
             merge_files, mesh_paths, scores, params, Path(result_path), metadata=metadata, job_id=job_id
         )
+
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        from pipeline.compare_export import compare_payload
+
+        return await asyncio.to_thread(
+            compare_payload, reference, candidate, object_size_m=params.object_size_m,
+            threshold_mm=params.threshold_mm,
+        )  # fmt: skip
 
 
 class JobCancelled(Exception):
@@ -267,7 +310,10 @@ class Orchestrator:
         self.metrics.stage("queue_wait", timings["queue_wait"])
         final = JobState.FAILED
         try:
-            await asyncio.wait_for(self._stages(job, timings), timeout=self.settings.job_timeout_s)
+            stages = (
+                run_compare(self, job, timings) if job.kind == JobKind.COMPARE else self._stages(job, timings)
+            )
+            await asyncio.wait_for(stages, timeout=self.settings.job_timeout_s)
             final = JobState.SUCCEEDED
         except asyncio.CancelledError:
             job = await asyncio.to_thread(self.store.get, job_id)
@@ -335,8 +381,8 @@ class Orchestrator:
         await self._check_cancel(job_id)
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.RECONSTRUCTING, expect=JobState.PREPROCESSING,
-            frames=pre["reports"], input_kind=pre["kind"], progress=PROGRESS_PREPROCESSED, timings=timings,
-            message=f"{count} frames selected",
+            frames=pre["reports"], input_kind=pre["kind"], warnings=pre["warnings"],
+            progress=PROGRESS_PREPROCESSED, timings=timings, message=f"{count} frames selected",
         )  # fmt: skip
 
         t1 = time.perf_counter()
@@ -374,7 +420,8 @@ class Orchestrator:
 
         t2 = time.perf_counter()
         result_path = job_dir / f"result.{params.format.value}"
-        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve"}
+        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve",
+                    "warnings": pre["warnings"]}  # fmt: skip
         out = await self.workers.export(job_id, mesh_paths, pre["scores"], params, str(result_path), metadata)
         if job.output_path:
             await asyncio.to_thread(_copy_atomic, Path(out["result_path"]), Path(job.output_path))
@@ -384,9 +431,10 @@ class Orchestrator:
             sum(timings[k] for k in ("queue_wait", "preprocess", "reconstruct", "merge")), 4
         )
         report = {"fusion": out["report"]}
+        summary = {"job_id": job_id, "timings": timings, "frames": pre["reports"]}
         await asyncio.to_thread(
             (job_dir / "report.json").write_text,
-            json.dumps({"job_id": job_id, "timings": timings, "frames": pre["reports"], **report}, indent=1),
+            json.dumps({**summary, "warnings": pre["warnings"], **report}, indent=1),
         )
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.SUCCEEDED, expect=JobState.MERGING,
