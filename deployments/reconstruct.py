@@ -54,7 +54,7 @@ class Reconstruct:
             torch.cuda.set_per_process_memory_fraction(gpu_share, self.model.device)
         # device work (encode, density and colour queries) under one lock; marching cubes and mesh building
         # on a CPU pool of the replica's size, so two batches in flight overlap (max_concurrent_batches=2)
-        self._recon = Reconstructor(self.model, cpu_workers=max(1, int(assigned.get("CPU", 1))))
+        self._recon = Reconstructor(self.model, cpu_workers=max(1, math.ceil(assigned.get("CPU", 1))))
         self._lock = self._recon.device_lock  # the health probe skips while the device is busy
         self._batches: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self._batch_hist = batch_size_histogram()
