@@ -77,7 +77,7 @@ def main() -> None:
 
     model = triposr.load_model(args.model, "cpu")
     workers = args.cpu_workers or cpu_workers()
-    recon = Reconstructor(model, cpu_workers=workers)
+    recon = Reconstructor(model, cpu_workers=workers, overlap=True)  # "before" holds the lock itself
     rng = np.random.default_rng(0)
     base = ring_image(model.config.cond_image_size)
     frames = [np.roll(base, int(s), axis=1) for s in rng.integers(-20, 20, args.frames)]

@@ -53,7 +53,8 @@ class Reconstruct:
         if self.model.device.type == "cuda" and 0 < gpu_share < 1:
             torch.cuda.set_per_process_memory_fraction(gpu_share, self.model.device)
         # device work (encode, density and colour queries) under one lock; marching cubes and mesh building
-        # on a CPU pool of the replica's size, so two batches in flight overlap (max_concurrent_batches=2)
+        # on a CPU pool of the replica's size, so two batches in flight overlap (max_concurrent_batches=2;
+        # a CPU-only replica keeps the whole batch under the lock, see pipeline/reconstructor.py)
         self._recon = Reconstructor(self.model, cpu_workers=max(1, math.ceil(assigned.get("CPU", 1))))
         self._lock = self._recon.device_lock  # the health probe skips while the device is busy
         self._batches: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)

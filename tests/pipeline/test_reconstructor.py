@@ -36,7 +36,7 @@ def _same(m1, m2) -> None:
 
 def test_concurrent_batches_give_the_sequential_meshes(model, frames):
     expected = reconstruct_frames(model, frames, [48, 40])
-    recon = Reconstructor(model, cpu_workers=2)
+    recon = Reconstructor(model, cpu_workers=2, overlap=True)
     results: dict[int, list] = {}
 
     def run(k: int) -> None:
@@ -63,4 +63,10 @@ def test_holding_the_device_lock_around_a_call_still_works(model, frames):
     with recon.device_lock:  # re-entrant: the unpipelined order
         meshes = recon.reconstruct(frames[:1], [40])
     assert len(meshes[0].faces) > 0
+    recon.close()
+
+
+def test_a_cpu_model_does_not_overlap_by_default(model):
+    recon = Reconstructor(model, cpu_workers=1)
+    assert recon.overlap is False
     recon.close()
