@@ -183,7 +183,7 @@ class TripoSR(nn.Module):
             n = sum(len(f) for f in feats)
             if n < MIN_DECODER_ROWS:
                 feats.append(feats[0].new_zeros(MIN_DECODER_ROWS - n, feats[0].shape[1]))
-            out = self.decoder(torch.cat(feats))  # (n', 4)
+            out = self.decoder(feats[0] if len(feats) == 1 else torch.cat(feats))  # (n', 4)
             start = 0
             for pos, pts in chunk:
                 outs[pos].append(out[start : start + len(pts)])
