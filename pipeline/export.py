@@ -136,7 +136,7 @@ def export_result(
         data = glb_bytes(parts, extras)
     else:
         data = _trimesh_bytes(parts, format)
-    _write_atomic(path, data)
+    write_atomic(path, data)
     logger.info("exported %s faces=%d to %s", format.value, export_info["faces"], path)
     return path
 
@@ -275,7 +275,7 @@ def _trimesh_bytes(parts: list[tuple[str, trimesh.Trimesh]], format: MeshFormat)
     return data.encode("utf-8") if isinstance(data, str) else data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file in the destination folder, fsync, then rename over `path` (never a partial
     file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

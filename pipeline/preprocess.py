@@ -39,6 +39,7 @@ from pipeline.inputs import (
 )
 from pipeline.matting import BackgroundRemover, assess_foreground, frame_object, has_meaningful_alpha
 from pipeline.params import FOREGROUND_RATIO_RANGE, NUM_FRAMES_RANGE
+from pipeline.thumbnails import jpeg_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Preprocessed:
     scores: list[float]  # per chosen frame, in (0, 1], higher = better (the sharpest frame scores 1)
     kind: Kind
     info: dict[str, Any] = field(default_factory=dict)  # e.g. video size, duration, fps, selection mode
+    # JPEG preview per entry of `reports` (same order); None where the pixels were never held (surplus images)
+    thumbnails: list[bytes | None] = field(default_factory=list)
 
     @property
     def chosen(self) -> list[FrameReport]:
@@ -125,7 +128,9 @@ def preprocess_input(
 
     frames: list[np.ndarray] = []
     reports: list[FrameReport] = []
+    thumbnails: list[bytes | None] = []
     for cand in candidates:
+        thumbnails.append(None if cand.image is None else jpeg_thumbnail(cand.image))
         fraction: float | None = None
         if cand.reason is None:
             framed, fraction, cand.reason = _frame(cand, foreground_ratio, size, remove_background, remover)
@@ -152,7 +157,7 @@ def preprocess_input(
         "preprocessed %s input: %d of %d candidates chosen (%s)",
         kind, len(frames), len(reports), dict(Counter(r.reason for r in reports if not r.chosen)),
     )  # fmt: skip
-    return Preprocessed(np.stack(frames), reports, scores, kind, info)
+    return Preprocessed(np.stack(frames), reports, scores, kind, info, thumbnails)
 
 
 def _frame(

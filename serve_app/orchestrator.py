@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pipeline.params import JobParams
 from serve_app.errors import job_error_from_exception
+from serve_app.frame_images import save_frame_images
 from serve_app.jobs import InvalidTransition, Job, JobState, JobStore
 from serve_app.metrics import ServiceMetrics
 from serve_app.settings import Settings
@@ -329,6 +330,7 @@ class Orchestrator:
         pre = await self.workers.preprocess(job_id, job.input_path, params)
         timings["preprocess"] = round(time.perf_counter() - t0, 4)
         self.metrics.stage("preprocess", timings["preprocess"])
+        await asyncio.to_thread(save_frame_images, job_dir, pre.get("thumbnails"))
         frames = pre["frames"]
         count = len(frames)
         self.metrics.frames_per_job.observe(count)
