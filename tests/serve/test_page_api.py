@@ -18,7 +18,7 @@ def test_page_and_static_files_are_served_without_a_token(make_client, settings)
     assert '<script type="importmap">' in page.text and "static/app.js" in page.text
     app_js = client.get("/static/app.js")
     assert app_js.status_code == 200 and "javascript" in app_js.headers["content-type"]
-    three = client.get("/static/vendor/three/build/three.module.min.js")
+    three = client.get("/static/vendor/three/three.module.min.js")
     assert three.status_code == 200 and "javascript" in three.headers["content-type"]
     assert "MIT License" in client.get("/static/vendor/three/LICENSE").text
     assert_error(client.get("/static/nope.js"), 404, "not_found")
