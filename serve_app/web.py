@@ -7,10 +7,12 @@ the API answers 401.
 
 from __future__ import annotations
 
+import html
+from functools import lru_cache
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -23,8 +25,17 @@ PAGE_HEADERS = {
 }
 
 
+@lru_cache(maxsize=1)
+def _page() -> str:
+    return (WEB_DIR / "index.html").read_text(encoding="utf-8")
+
+
 async def index(request: Request) -> Response:
-    return FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+    """The page, with a <base> naming the app's root: every URL in it is relative, so it also works behind a
+    route prefix (`/prefix` and `/prefix/` alike)."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    base = f'<base href="{html.escape(root, quote=True)}/">'
+    return HTMLResponse(_page().replace("<head>", f"<head>\n  {base}", 1), headers=PAGE_HEADERS)
 
 
 def web_routes() -> list[BaseRoute]:

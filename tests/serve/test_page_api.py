@@ -14,7 +14,7 @@ def test_page_and_static_files_are_served_without_a_token(make_client, settings)
     client = make_client(settings.merged({"api_token": "s3cret"}))
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert page.headers["cache-control"] == "no-cache"
+    assert page.headers["cache-control"] == "no-cache" and '<base href="/">' in page.text
     assert '<script type="importmap">' in page.text and "static/app.js" in page.text
     app_js = client.get("/static/app.js")
     assert app_js.status_code == 200 and "javascript" in app_js.headers["content-type"]
