@@ -94,14 +94,19 @@ def build(settings: Settings, options: dict[str, dict[str, Any]] | None = None) 
     )
 
 
-def app(args: AppArgs) -> Application:
-    """Serve app builder: environment (TRIPOSR_SERVE_*) overridden by the given arguments."""
+def settings_from_args(args: AppArgs, base: Settings) -> Settings:
+    """`base` (the environment) overridden by builder arguments: what `app` deploys, check-config checks."""
     overrides = args.model_dump(exclude_none=True)
     if isinstance(overrides.get("input_roots"), str):
         overrides["input_roots"] = overrides["input_roots"].split(",")
     if isinstance(overrides.get("output_roots"), str):
         overrides["output_roots"] = overrides["output_roots"].split(",")
-    settings = Settings.from_env().merged(overrides)
-    settings = settings.merged({"data_dir": str(Path(settings.data_dir).resolve())})
+    settings = base.merged(overrides)
+    return settings.merged({"data_dir": str(Path(settings.data_dir).resolve())})
+
+
+def app(args: AppArgs) -> Application:
+    """Serve app builder: environment (TRIPOSR_SERVE_*) overridden by the given arguments."""
+    settings = settings_from_args(args, Settings.from_env())
     logger.info("building app: data_dir=%s model_source=%s", settings.data_dir, settings.model_source)
     return build(settings)

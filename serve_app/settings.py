@@ -3,11 +3,17 @@
 Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and validated here, once; nothing
 else reads `os.environ`. App-builder arguments override the environment
 (`Settings.from_env(env).merged(args)`).
+
+The prefix is shared with the command-line client: `CLIENT_VARIABLES` are the client's own (read by
+`ClientSettings`) and the server ignores them, so one shell can hold both. Any other `TRIPOSR_SERVE_*` name
+the server does not know is a typo and fails at start, with the closest known name suggested. `API_TOKEN` is
+both: the server's required token and the client's default one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +24,9 @@ from pipeline.errors import InvalidParameter
 from pipeline.params import JobParams
 
 ENV_PREFIX = "TRIPOSR_SERVE_"
+# `TRIPOSR_SERVE_<NAME>` variables that configure the CLI client only (name -> meaning), never the server.
+CLIENT_VARIABLES = {"URL": "the service the CLI talks to (default http://127.0.0.1:8000)"}
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class SettingsError(ValueError):
@@ -54,7 +63,7 @@ class Settings:
         raw = {
             name[len(ENV_PREFIX) :].lower(): value
             for name, value in env.items()
-            if name.startswith(ENV_PREFIX)
+            if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] not in CLIENT_VARIABLES
         }
         return cls().merged(raw, source="env")
 
@@ -71,7 +80,7 @@ class Settings:
                 params_changed = True
                 continue
             if key not in fields or key == "defaults":
-                raise SettingsError(f"{label}: unknown setting")
+                raise SettingsError(f"{label}: unknown setting{_suggestion(key, fields, source)}")
             changes[key] = _cast(key, fields[key].type, value, label)
         if params_changed:
             try:
@@ -105,6 +114,34 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
+
+
+def _suggestion(key: str, fields: Mapping[str, Any], source: str) -> str:
+    known = [name for name in fields if name != "defaults"]
+    known += [f"default_{name}" for name in JobParams().to_dict()]
+    if source == "env":
+        known += [name.lower() for name in CLIENT_VARIABLES]
+    close = difflib.get_close_matches(key, known, n=1)
+    if not close:
+        return ""
+    name = f"{ENV_PREFIX}{close[0].upper()}" if source == "env" else close[0]
+    return f" (did you mean {name}?)"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the CLI client reads from the environment: where the service is and which token to send."""
+
+    url: str = DEFAULT_URL
+    api_token: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+        env = os.environ if environ is None else environ
+        return cls(
+            url=env.get(f"{ENV_PREFIX}URL") or DEFAULT_URL,
+            api_token=env.get(f"{ENV_PREFIX}API_TOKEN") or None,
+        )
 
 
 def _cast(key: str, type_text: str, value: Any, label: str) -> Any:
