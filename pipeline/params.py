@@ -148,6 +148,7 @@ PARAM_HELP = {
     "format": "file format of the result",
     "object_size_m": "scale the result so its largest dimension is this many metres (0.72 for an F1 tyre)",
     "target_faces": "decimate the result to about this many faces",
+    "strict": "refuse input whose frames all fail the framing checks (off: use the best one, with a warning)",
 }
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -167,6 +168,7 @@ _KINDS = {
     "format": "choice",
     "object_size_m": "number",
     "target_faces": "integer",
+    "strict": "boolean",
 }
 
 

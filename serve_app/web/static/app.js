@@ -442,6 +442,7 @@ function renderFrames(box, doc, ctx) {
   let chosenSeen = 0;
   const cards = doc.frames.report.map((r, n) => {
     let verdict = r.chosen ? "chosen" : `rejected: ${REASONS[r.reason] || r.reason}`;
+    if (r.chosen && r.warning) verdict = `chosen, best effort: ${REASONS[r.warning] || r.warning}`;
     let cls = r.chosen ? "chosen" : "rejected";
     if (r.chosen) {
       const fused = fusionFrames[chosenSeen++];
