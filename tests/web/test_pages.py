@@ -131,6 +131,23 @@ def test_upload_through_the_page_succeeds_draws_the_mesh_and_reports_rejected_fr
     page.console_log.check()
 
 
+def test_best_effort_photo_shows_the_jobs_warning(page, service, tmp_path):
+    from tests.media import png_bytes, ring_image
+
+    url, client, _ = service
+    photo = tmp_path / "cut.png"  # the ring runs out of the picture on the left: best effort, with a warning
+    photo.write_bytes(png_bytes(ring_image(alpha=True, centre=(0.05, 0.5))))
+    submit_through_page(page, url, photo)
+    page.wait_for_url("**#/job/*")
+    page.wait_for_selector('#job-summary[data-state="succeeded"]', timeout=JOB_TIMEOUT_MS)
+    job_id = page.url.rsplit("/", 1)[1]
+    (warning,) = client.get(f"/reconstruct/status/{job_id}").json()["warnings"]
+    assert warning["message"] in page.inner_text("#job-warnings")
+    assert "best effort" in page.inner_text("#frame-grid")
+    page.wait_for_selector('#viewer[data-loaded="true"]', timeout=60_000)
+    page.console_log.check()
+
+
 def test_bad_upload_shows_the_apis_message(page, service, tmp_path, screenshots):
     url, client, _ = service
     bad = tmp_path / "notes.mp4"
