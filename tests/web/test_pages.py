@@ -81,7 +81,7 @@ def test_upload_through_the_page_succeeds_draws_the_mesh_and_reports_rejected_fr
     page, service, rejecting_video, screenshots
 ):
     url, client, _ = service
-    submit_through_page(page, url, rejecting_video, num_frames=4)
+    submit_through_page(page, url, rejecting_video, num_frames=4, object_size_m=0.72)
     page.wait_for_url("**#/job/*")
     job_id = page.url.rsplit("/", 1)[1]
     page.wait_for_selector('#job-summary[data-state="succeeded"]', timeout=JOB_TIMEOUT_MS)
@@ -103,6 +103,10 @@ def test_upload_through_the_page_succeeds_draws_the_mesh_and_reports_rejected_fr
     # stage timings and the fusion warning (one usable frame)
     assert all(t in page.inner_text("#stages") for t in ("preprocess", "reconstruct", "merge"))
     assert "only one usable frame" in page.inner_text("#job-warnings")
+
+    # real-world size: the largest dimension is the object_size_m the job was given
+    size = page.inner_text("#model-size")
+    assert size.startswith("Size: ") and "72.0" in size and " cm" in size, size
 
     # the 3D view draws the mesh: a meaningful share of the canvas is not the empty background
     canvas = page.locator("#viewer canvas")

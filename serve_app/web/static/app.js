@@ -659,7 +659,7 @@ function renderLegend(box, cs, report) {
   for (const s of stops) grad.addColorStop(Math.min(Math.max(s.t, 0), 1), s.colour);
   g.fillStyle = grad;
   g.fillRect(0, 0, canvas.width, canvas.height);
-  const floor = floorOf(report);
+  const floor = typeof cs.white_within === "number" ? cs.white_within : floorOf(report);
   if (floor !== null && hi > lo) {
     const x0 = ((-floor - lo) / (hi - lo)) * canvas.width;
     const x1 = ((floor - lo) / (hi - lo)) * canvas.width;
@@ -669,7 +669,8 @@ function renderLegend(box, cs, report) {
   }
   box.replaceChildren(h("h3", { text: "Signed distance (negative = material lost)" }), canvas,
     h("div", { class: "ticks" }, h("span", { text: `${fmtNum(lo)} ${unit} (loss)` }), h("span", { text: "0" }), h("span", { text: `${fmtNum(hi)} ${unit} (gain)` })),
-    h("p", { class: "small muted", id: "noise-floor" }, floor !== null ? `Noise floor ±${fmtNum(floor)} ${unit} (dashed box): differences inside it are reconstruction noise, not wear.` : "Noise floor: not reported."));  // prettier-ignore
+    h("p", { class: "small muted", id: "noise-floor" }, floor !== null ? `Noise floor ±${fmtNum(floor)} ${unit} (dashed box, white on the mesh): differences inside it are reconstruction noise, not wear.` : "Noise floor: not reported.",
+      cs.no_counterpart ? ` Grey (${cs.no_counterpart}): no counterpart on the candidate.` : ""));  // prettier-ignore
   box.dataset.ready = "true";
 }
 
