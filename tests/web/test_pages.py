@@ -56,6 +56,15 @@ def submit_through_page(page, url, video, **params):
     page.click("#submit-button")
 
 
+def tab_to(page, element_id: str, max_presses: int = 40) -> None:
+    """Press Tab until the element with this id has the focus (bounded)."""
+    for _ in range(max_presses):
+        if page.evaluate("document.activeElement && document.activeElement.id") == element_id:
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"#{element_id} is not reachable with Tab")
+
+
 def test_page_asks_for_the_token_once_and_keeps_it_for_the_tab(bare_page, service, screenshots):
     url, *_ = service
     page = bare_page
@@ -157,7 +166,15 @@ def test_bad_upload_shows_the_apis_message(page, service, tmp_path, screenshots)
     bad = tmp_path / "notes.mp4"
     bad.write_bytes(b"plain text, not a video\n" * 20)
     expected = client.post("/reconstruct", files={"file": ("notes.mp4", bad.read_bytes())}).json()["error"]
-    submit_through_page(page, url, bad)
+    page.goto(f"{url}/")
+    page.wait_for_selector("#params input[name=num_frames]")
+    # keyboard only: Tab to the drop zone's file input, open the chooser, Tab on to the submit button
+    tab_to(page, "file-input")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(bad))
+    tab_to(page, "submit-button")
+    page.keyboard.press("Enter")
     page.wait_for_selector("#submit-result .error")
     shown = page.inner_text("#submit-result .error")
     assert expected["message"] in shown and expected["code"] in shown and "415" in shown
