@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from serve_app.settings import ClientSettings
+from serve_app.settings import CliSettings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -47,7 +47,7 @@ class _ProgressReader:
 def _client(args: argparse.Namespace) -> Any:
     import httpx
 
-    token = args.token or ClientSettings.from_env().api_token
+    token = args.token or CliSettings.from_env().api_token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=args.url, headers=headers, timeout=httpx.Timeout(60.0, read=None))
 
@@ -218,8 +218,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
         return run_local_service(
-            settings, host=args.host, port=args.port, num_cpus=args.num_cpus, dashboard=args.dashboard,
-            verbose=args.verbose,
+            settings, host=args.host, port=args.port or CliSettings.from_env().port, num_cpus=args.num_cpus,
+            dashboard=args.dashboard, verbose=args.verbose,
         )  # fmt: skip
     except StartError as exc:
         raise CLIError(str(exc)) from None
@@ -307,14 +307,14 @@ def parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=ClientSettings.from_env().url, help="default: $TRIPOSR_SERVE_URL")
+        p.add_argument("--url", default=CliSettings.from_env().url, help="default: $TRIPOSR_SERVE_URL")
         p.add_argument("--token", help="bearer token (default: $TRIPOSR_SERVE_API_TOKEN)")
         return p
 
     p = sub.add_parser("start", help="run Ray Serve with the app on this machine until Ctrl-C")
     _local_args(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, help="HTTP port (default: $TRIPOSR_SERVE_PORT or 8000)")
     p.add_argument("--num-cpus", type=int, help="CPUs Ray may use (default: all)")
     p.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard")
     p.set_defaults(func=cmd_start)

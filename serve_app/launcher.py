@@ -7,9 +7,9 @@
 - Watched: the deploy runs in a thread while the main thread reads `serve.status()`; a worker deployment that
   cannot start (missing weights, missing rembg model, bad setting) ends the start with its own one-line
   message, not after Serve's retries, and never as a silent wait.
-- Stoppable: SIGINT and SIGTERM end it within `STOP_BUDGET_S` at any moment, start-up included: Serve is shut
-  down (the ingress re-queues its running jobs), then Ray, then whatever process of this Ray is left is killed
-  by pid.
+- Stoppable: SIGINT and SIGTERM end it within `STOP_BUDGET_S` at any moment, start-up included: the main
+  thread only waits for them while a starter thread does the Ray work; on a stop, Serve is shut down (the
+  ingress re-queues its running jobs), then Ray, then whatever process of this Ray is left is killed by pid.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -34,15 +35,13 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "triposr"
 STOP_BUDGET_S = 8.0  # SIGINT/SIGTERM -> process gone, with margin under the promised 10 s
-POLL_S = 0.5
+POLL_S = 0.2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 class StartError(Exception):
     """The service cannot start here; the message is one line with the cause and the fix."""
-
-
-class Stop(BaseException):
-    """Raised in the main thread by SIGINT/SIGTERM (a BaseException so no `except Exception` swallows it)."""
 
 
 def run_local_service(
@@ -55,62 +54,128 @@ def run_local_service(
     verbose: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> int:
-    """Start, report readiness, serve until SIGINT/SIGTERM; 0 after a requested stop. Raises StartError."""
+    """Start, report readiness, serve until SIGINT/SIGTERM; 0 after a requested stop. Raises StartError.
+
+    Ray is started and watched in a thread while this (main) thread only waits for a stop signal: a signal
+    handler that raised inside Ray's C code would surface as an unrelated SystemError, and a blocking
+    `ray.init` cannot be interrupted anyway. Stopping never waits for the starter thread.
+    """
     say = say or _say
+    become_subreaper()
     temp_dir = Path(tempfile.mkdtemp(prefix="triposr-ray-", dir="/tmp"))  # short: Ray's socket paths
-    previous = _catch_stop_signals()
-    failed = False
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    # Ray's core worker would install a native SIGTERM handler in this process that aborts it (no cleanup);
+    # its replicas keep theirs (runtime_env below).
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+    starter = _Starter(settings, host, port, num_cpus, dashboard, verbose, temp_dir, stop, say)
     try:
+        starter.start()
+        while not stop.is_set() and not starter.failed.is_set():
+            stop.wait(POLL_S)  # returns early when a signal handler sets the flag
+            for sig in STOP_SIGNALS:  # in case native code replaced the handler behind Python's back
+                signal.signal(sig, on_signal)
+    finally:
+        for sig in previous:  # one stop at a time: the shutdown below is bounded anyway
+            signal.signal(sig, signal.SIG_IGN)
+        if stop.is_set():
+            say("stopping ...")
+        _shutdown(
+            temp_dir,
+            graceful=starter.ready.is_set(),
+            keep_logs=starter.error is not None and not stop.is_set(),
+        )
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if starter.error is not None and not stop.is_set():
+        if isinstance(starter.error, StartError):
+            raise starter.error
+        raise StartError(f"the service failed to start: {_first_line(starter.error)}") from starter.error
+    starter.join(timeout=0.5)
+    if starter.is_alive():
+        # Stopped inside a Ray call (ray.init, serve.run) whose processes are gone now: it would never return,
+        # and the interpreter's exit would wait on Ray's native threads. Everything ours is cleaned up.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+class _Starter(threading.Thread):
+    """Ray, the fit check, Serve and the deploy, then idles; sets `failed` (with `error`) if start fails."""
+
+    def __init__(
+        self, settings: Settings, host: str, port: int, num_cpus: int | None, dashboard: bool, verbose: bool,
+        temp_dir: Path, stop: threading.Event, say: Callable[[str], None],
+    ) -> None:  # fmt: skip
+        super().__init__(name="triposr-start", daemon=True)
+        self.settings, self.host, self.port = settings, host, port
+        self.num_cpus, self.dashboard, self.verbose = num_cpus, dashboard, verbose
+        self.temp_dir, self.stop, self.say = temp_dir, stop, say
+        self.failed = threading.Event()
+        self.ready = threading.Event()  # the app ran: a stop shuts Serve down gracefully (jobs re-queued)
+        # Ray starts GCS and raylet with PR_SET_PDEATHSIG, tied to the *thread* that forked them: this thread
+        # must outlive the service, so it waits for this event once its work is done.
+        self.release = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._start()
+        except BaseException as exc:
+            if not self.stop.is_set():  # errors caused by the shutdown itself are not the user's news
+                logger.debug("start failed", exc_info=True)
+                self.error = exc
+                self.failed.set()
+        self.release.wait()
+
+    def _start(self) -> None:
         import ray
         from ray import serve
 
         from serve_app.application import build
 
-        if not verbose:  # our own lines say what happens; Serve's INFO lines stay in the Ray logs
+        if not self.verbose:  # our own lines say what happens; Serve's INFO lines stay in the Ray logs
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        # Token auth is Ray's default for a new local cluster; saying so explicitly keeps it on and quiet.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        cpus = int(num_cpus or os.cpu_count() or 1)
+            # Ray turns token auth on for a new local cluster by itself (and says so at WARNING level).
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+                logging.ERROR
+            )
+        cpus = int(self.num_cpus or os.cpu_count() or 1)
         has_gpu = _has_cuda()
         options = local_options(cpus, has_gpu)
+        settings = self.settings
         if not has_gpu and settings.torch_threads is None:
             # On a CPU-only machine the forward pass is the work: torch gets every core, whatever the
             # replica's logical CPU share (the other stages mostly wait for it).
             settings = settings.merged({"torch_threads": cpus})
-        say(f"starting Ray on this machine ({cpus} CPU(s), GPU: {has_gpu}; Ray logs: {temp_dir}) ...")
+        self.say(
+            f"starting Ray on this machine ({cpus} CPU(s), GPU: {has_gpu}; Ray logs: {self.temp_dir}) ..."
+        )
         root = str(Path(__file__).resolve().parent.parent)
         ray.init(
             address="local",
             num_cpus=cpus,
-            include_dashboard=dashboard,
-            _temp_dir=str(temp_dir),
-            runtime_env={"env_vars": {"PYTHONPATH": root}},
+            include_dashboard=self.dashboard,
+            _temp_dir=str(self.temp_dir),
+            runtime_env={"env_vars": {"PYTHONPATH": root, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "0"}},
             logging_level=logging.WARNING,
-            log_to_driver=verbose,
+            log_to_driver=self.verbose,
         )
-        _catch_stop_signals()  # ray.init may install its own handlers
         demands = [demand_of(name, opts, _fix_hint(name, has_gpu)) for name, opts in options.items()]
         problems = fit(demands, nodes_from_ray(ray.nodes()))
         if problems:
             raise StartError(problems[0])
-        serve.start(http_options={"host": host, "port": port})
-        say(f"deploying (model {settings.model_source}, data {settings.data_dir}) ...")
+        serve.start(http_options={"host": self.host, "port": self.port})
+        self.say(f"deploying (model {settings.model_source}, data {settings.data_dir}) ...")
         deploy = _Deploy(lambda: serve.run(build(settings, options), name=APP_NAME, route_prefix="/"))
-        _wait_until_running(serve, deploy)
-        say(f"ready at http://{host}:{port}  (Ctrl-C to stop)")
-        while True:
-            time.sleep(3600)
-    except Stop:
-        say("stopping ...")
-        return 0
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        with _ignoring_stop_signals():
-            _shutdown(temp_dir, keep_logs=failed)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _wait_until_running(serve, deploy, self.stop)
+        self.ready.set()
+        self.say(f"ready at http://{self.host}:{self.port}  (Ctrl-C to stop)")
 
 
 class _Deploy:
@@ -125,15 +190,16 @@ class _Deploy:
     def _main(self, run: Callable[[], Any]) -> None:
         try:
             run()
-        except BaseException as exc:  # reported by the watcher in the main thread
+        except BaseException as exc:  # reported by the watcher
             self.error = exc
         finally:
             self.done.set()
 
 
-def _wait_until_running(serve: Any, deploy: _Deploy) -> None:
-    """Return when the app runs; StartError as soon as a worker deployment cannot start."""
-    while True:
+def _wait_until_running(serve: Any, deploy: _Deploy, stop: threading.Event) -> None:
+    """Return when the app runs (or a stop was asked); StartError as soon as a worker deployment cannot
+    start."""
+    while not stop.is_set():
         app = serve.status().applications.get(APP_NAME)
         if deploy.done.is_set() and deploy.error is None and app is not None and app.status == "RUNNING":
             return
@@ -143,7 +209,7 @@ def _wait_until_running(serve: Any, deploy: _Deploy) -> None:
                 raise StartError(problem.cause)
         if deploy.done.is_set() and deploy.error is not None:
             raise StartError(f"deploying the app failed: {_first_line(deploy.error)}")
-        time.sleep(POLL_S)
+        stop.wait(POLL_S)
 
 
 def _say(text: str) -> None:
@@ -168,34 +234,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- signals and shutdown -----------------------------------------------------------------------------------
-def _raise_stop(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # one stop at a time; the shutdown is bounded anyway
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Stop(signal.Signals(signum).name)
+def _shutdown(temp_dir: Path, *, graceful: bool, keep_logs: bool) -> None:
+    """Serve, then Ray, each within the stop budget; then kill what is left of this Ray by pid.
 
-
-def _catch_stop_signals() -> dict[int, Any]:
-    """SIGINT and SIGTERM raise Stop in the main thread. Also undoes a shell's SIG_IGN of SIGINT for
-    background jobs (`cmd &`), which would otherwise make `kill -INT` do nothing."""
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.getsignal(sig)
-        signal.signal(sig, _raise_stop)
-    return previous
-
-
-@contextlib.contextmanager
-def _ignoring_stop_signals():
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def _shutdown(temp_dir: Path, *, keep_logs: bool) -> None:
-    """Serve, then Ray, each within the stop budget; then kill what is left of this Ray by pid."""
+    Before the app ran there is no job to re-queue and nothing worth a graceful stop: Ray calls made then
+    could block on a half-started cluster, so its processes are simply killed."""
     deadline = time.monotonic() + STOP_BUDGET_S
 
     def serve_shutdown() -> None:
@@ -211,14 +254,24 @@ def _shutdown(temp_dir: Path, *, keep_logs: bool) -> None:
         ray.shutdown()
 
     t0 = time.monotonic()
-    _within(serve_shutdown, deadline - 3.0)  # the ingress re-queues its running jobs here
+    if graceful:
+        _within(serve_shutdown, deadline - 3.0)  # the ingress re-queues its running jobs here
     t1 = time.monotonic()
-    _within(ray_shutdown, deadline - 1.0)
+    if graceful:
+        _within(ray_shutdown, deadline - 1.0)
     t2 = time.monotonic()
-    left = pids_using(temp_dir)
-    kill_processes(left, grace_s=max(0.0, min(0.5, deadline - time.monotonic())))
+    killed: set[int] = set()
+    # In rounds: a raylet killed in one round may have forked a worker just before. Being the subreaper, this
+    # process inherits such orphans, so they are found as descendants even before their cmdline is set.
+    for _ in range(10):
+        left = [pid for pid in {*pids_using(temp_dir), *descendants(os.getpid())} if _alive(pid)]
+        if not left:
+            break
+        killed.update(left)
+        kill_processes(left, grace_s=max(0.0, min(0.2, deadline - time.monotonic())))
+        _reap_children()
     logger.info(
-        "shutdown: serve %.1f s, ray %.1f s, %d leftover process(es) killed", t1 - t0, t2 - t1, len(left)
+        "shutdown: serve %.1f s, ray %.1f s, %d leftover process(es) killed", t1 - t0, t2 - t1, len(killed)
     )
     if keep_logs:
         logger.warning("Ray logs of the failed start are kept in %s", temp_dir)
@@ -256,6 +309,38 @@ def pids_using(marker: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (Ray workers whose raylet died) reparent to this process instead of init, so a
+    stop can find and end every one of them (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` in the process tree, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _reap_children() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 def kill_processes(pids: list[int], grace_s: float = 0.5) -> None:

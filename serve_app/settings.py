@@ -4,10 +4,11 @@ Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and v
 else reads `os.environ`. App-builder arguments override the environment
 (`Settings.from_env(env).merged(args)`).
 
-The prefix is shared with the command-line client: `CLIENT_VARIABLES` are the client's own (read by
-`ClientSettings`) and the server ignores them, so one shell can hold both. Any other `TRIPOSR_SERVE_*` name
-the server does not know is a typo and fails at start, with the closest known name suggested. `API_TOKEN` is
-both: the server's required token and the client's default one.
+The prefix is shared with the `triposr-serve` command line: `CLI_VARIABLES` are its own (read by
+`CliSettings`: where the client connects, which port `start` binds) and the service ignores them, so one
+shell can hold both. Any other `TRIPOSR_SERVE_*` name the service does not know is a typo and fails at
+start, with the closest known name suggested. `API_TOKEN` is both: the service's required token and the
+client's default one.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ from pipeline.errors import InvalidParameter
 from pipeline.params import JobParams
 
 ENV_PREFIX = "TRIPOSR_SERVE_"
-# `TRIPOSR_SERVE_<NAME>` variables that configure the CLI client only (name -> meaning), never the server.
-CLIENT_VARIABLES = {"URL": "the service the CLI talks to (default http://127.0.0.1:8000)"}
-DEFAULT_URL = "http://127.0.0.1:8000"
+# `TRIPOSR_SERVE_<NAME>` variables of the command line only (name -> meaning), never service settings.
+CLI_VARIABLES = {
+    "URL": "the service the client commands talk to (default http://127.0.0.1:8000)",
+    "PORT": "the port `triposr-serve start` serves HTTP on (default 8000)",
+}
+DEFAULT_PORT = 8000
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 class SettingsError(ValueError):
@@ -63,7 +68,7 @@ class Settings:
         raw = {
             name[len(ENV_PREFIX) :].lower(): value
             for name, value in env.items()
-            if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] not in CLIENT_VARIABLES
+            if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] not in CLI_VARIABLES
         }
         return cls().merged(raw, source="env")
 
@@ -120,7 +125,7 @@ def _suggestion(key: str, fields: Mapping[str, Any], source: str) -> str:
     known = [name for name in fields if name != "defaults"]
     known += [f"default_{name}" for name in JobParams().to_dict()]
     if source == "env":
-        known += [name.lower() for name in CLIENT_VARIABLES]
+        known += [name.lower() for name in CLI_VARIABLES]
     close = difflib.get_close_matches(key, known, n=1)
     if not close:
         return ""
@@ -129,18 +134,24 @@ def _suggestion(key: str, fields: Mapping[str, Any], source: str) -> str:
 
 
 @dataclass(frozen=True)
-class ClientSettings:
-    """What the CLI client reads from the environment: where the service is and which token to send."""
+class CliSettings:
+    """What the command line reads from the environment: where the client connects, which token it sends,
+    which port `start` binds."""
 
     url: str = DEFAULT_URL
     api_token: str | None = None
+    port: int = DEFAULT_PORT
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CliSettings:
         env = os.environ if environ is None else environ
+        port = env.get(f"{ENV_PREFIX}PORT") or str(DEFAULT_PORT)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{ENV_PREFIX}PORT: {port!r} is not a TCP port")
         return cls(
             url=env.get(f"{ENV_PREFIX}URL") or DEFAULT_URL,
             api_token=env.get(f"{ENV_PREFIX}API_TOKEN") or None,
+            port=int(port),
         )
 
 

@@ -40,6 +40,28 @@ def ring_video(tmp_path_factory):
     return make_ring_video(tmp_path_factory.mktemp("media") / "ring.mp4")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_ray_token(tmp_path_factory):
+    """Every Ray the tests start (ray.init, `ray start`, `triposr-serve start` subprocesses) uses a token made
+    here: nothing is read from or written to ~/.ray, so the suite runs the same on a machine that never ran
+    Ray."""
+    import os
+    import secrets
+
+    path = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    yield path
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def free_port() -> int:
     import socket
 

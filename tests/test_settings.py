@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.params import MergeStrategy
-from serve_app.settings import ClientSettings, Settings, SettingsError
+from serve_app.settings import CliSettings, Settings, SettingsError
 
 
 def test_environment_is_cast_to_typed_fields(tmp_path: Path) -> None:
@@ -54,14 +54,15 @@ def test_client_variables_are_not_server_settings(tmp_path: Path) -> None:
     """The quickstart exports the CLI's TRIPOSR_SERVE_URL in the shell that starts the server."""
     env = {
         "TRIPOSR_SERVE_URL": "http://127.0.0.1:8123",
+        "TRIPOSR_SERVE_PORT": "8123",
         "TRIPOSR_SERVE_API_TOKEN": "s3cret",
         "TRIPOSR_SERVE_DATA_DIR": str(tmp_path),
     }
     settings = Settings.from_env(env)
     assert settings.data_dir == tmp_path and settings.api_token == "s3cret"
-    client = ClientSettings.from_env(env)
-    assert client.url == "http://127.0.0.1:8123" and client.api_token == "s3cret"
-    assert ClientSettings.from_env({}).url == "http://127.0.0.1:8000"
+    client = CliSettings.from_env(env)
+    assert client.url == "http://127.0.0.1:8123" and client.api_token == "s3cret" and client.port == 8123
+    assert CliSettings.from_env({}).url == "http://127.0.0.1:8000"
 
 
 @pytest.mark.parametrize(
