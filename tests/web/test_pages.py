@@ -166,13 +166,20 @@ def test_bad_upload_shows_the_apis_message(page, service, tmp_path, screenshots)
     bad = tmp_path / "notes.mp4"
     bad.write_bytes(b"plain text, not a video\n" * 20)
     expected = client.post("/reconstruct", files={"file": ("notes.mp4", bad.read_bytes())}).json()["error"]
+    # Listen before the page loads: Playwright turns file-chooser interception on without waiting for it.
+    choosers = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
     page.goto(f"{url}/")
     page.wait_for_selector("#params input[name=num_frames]")
     # keyboard only: Tab to the drop zone's file input, open the chooser, Tab on to the submit button
     tab_to(page, "file-input")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(bad))
+    page.keyboard.press("Enter")
+    for _ in range(50):
+        if choosers:
+            break
+        page.wait_for_timeout(100)
+    assert choosers, "Enter on the drop zone did not open a file chooser"
+    choosers[0].set_files(str(bad))
     tab_to(page, "submit-button")
     page.keyboard.press("Enter")
     page.wait_for_selector("#submit-result .error")
