@@ -5,7 +5,7 @@ import { Api, ApiError, saveBlob } from "./api.js";
 import { Viewer, formatSize } from "./viewer.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const STATES = ["queued", "preprocessing", "reconstructing", "merging", "succeeded", "failed", "cancelled"];
+const STATES = ["queued", "preprocessing", "reconstructing", "merging", "comparing", "succeeded", "failed", "cancelled"];
 const STAGES = [
   ["queue", "queued", "queue_wait"],
   ["preprocess", "preprocessing", "preprocess"],
