@@ -67,6 +67,7 @@ class AppArgs(BaseModel):
     max_attempts: int | None = None
     max_upload_files: int | None = None
     torch_threads: int | None = None
+    rembg_threads: int | None = None
     default_num_frames: int | None = None
     default_mc_resolution: int | None = None
     default_foreground_ratio: float | None = None

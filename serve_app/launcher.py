@@ -149,10 +149,11 @@ class _Starter(threading.Thread):
         has_gpu = _has_cuda()
         options = local_options(cpus, has_gpu)
         settings = self.settings
-        if not has_gpu and settings.torch_threads is None:
-            # On a CPU-only machine the forward pass is the work: torch gets every core, whatever the
-            # replica's logical CPU share (the other stages mostly wait for it).
-            settings = settings.merged({"torch_threads": cpus})
+        if not has_gpu:
+            # On a CPU-only machine torch (the forward pass) and onnxruntime (rembg) get every core, whatever
+            # the replica's logical CPU share: a job's stages mostly run one after another.
+            threads = {n: cpus for n in ("torch_threads", "rembg_threads") if getattr(settings, n) is None}
+            settings = settings.merged(threads)
         self.say(
             f"starting Ray on this machine ({cpus} CPU(s), GPU: {has_gpu}; Ray logs: {self.temp_dir}) ..."
         )

@@ -60,6 +60,7 @@ class Settings:
     max_attempts: int = 2  # runs of one job (first + re-runs after restarts) before "interrupted"
     max_upload_files: int = 64  # files in one multipart upload (images)
     torch_threads: int | None = None  # torch CPU threads in a reconstruct replica; None = its num_cpus
+    rembg_threads: int | None = None  # onnxruntime threads in a preprocess replica; None = its num_cpus
     defaults: JobParams = field(default_factory=JobParams)
 
     @classmethod
@@ -109,8 +110,10 @@ class Settings:
             raise SettingsError("sweep_interval_s and orphan_after_s must be > 0")
         if self.max_attempts < 1 or self.max_upload_files < 1:
             raise SettingsError("max_attempts and max_upload_files must be >= 1")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise SettingsError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        for name in ("torch_threads", "rembg_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingsError(f"{name} must be >= 1, got {value}")
 
     @property
     def jobs_dir(self) -> Path:
