@@ -51,7 +51,10 @@ def submit_through_page(page, url, video, **params):
     page.goto(f"{url}/")
     page.wait_for_selector("#params input[name=num_frames]")
     for name, value in params.items():
-        page.fill(f"#params [name={name}]", str(value))
+        if name == "format":
+            page.select_option(f"#params [name={name}]", str(value))
+        else:
+            page.fill(f"#params [name={name}]", str(value))
     page.set_input_files("#file-input", str(video))
     page.click("#submit-button")
 
@@ -144,13 +147,15 @@ def test_upload_through_the_page_succeeds_draws_the_mesh_and_reports_rejected_fr
     page.console_log.check()
 
 
-def test_best_effort_photo_shows_the_jobs_warning(page, service, tmp_path):
+def test_best_effort_photo_shows_the_jobs_warning_and_a_ply_result_in_3d(
+    page, service, tmp_path, screenshots
+):
     from tests.media import png_bytes, ring_image
 
     url, client, _ = service
     photo = tmp_path / "cut.png"  # the ring runs out of the picture on the left: best effort, with a warning
     photo.write_bytes(png_bytes(ring_image(alpha=True, centre=(0.05, 0.5))))
-    submit_through_page(page, url, photo)
+    submit_through_page(page, url, photo, format="ply")
     page.wait_for_url("**#/job/*")
     page.wait_for_selector('#job-summary[data-state="succeeded"]', timeout=JOB_TIMEOUT_MS)
     job_id = page.url.rsplit("/", 1)[1]
@@ -158,6 +163,9 @@ def test_best_effort_photo_shows_the_jobs_warning(page, service, tmp_path):
     assert warning["message"] in page.inner_text("#job-warnings")
     assert "best effort" in page.inner_text("#frame-grid")
     page.wait_for_selector('#viewer[data-loaded="true"]', timeout=60_000)
+    assert changed_share(page.locator("#viewer canvas").screenshot()) > 0.03  # the PLY mesh is drawn
+    assert page.is_enabled("#download-ply") and not page.is_enabled("#download-glb")
+    page.locator("#viewer").screenshot(path=str(screenshots / "job_ply_view.png"))
     page.console_log.check()
 
 

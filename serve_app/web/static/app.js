@@ -373,22 +373,19 @@ async function jobView(main, ctx, jobId) {
   }
   renderDownloads(downloads, doc);
   if (doc.state !== "succeeded") return;
-  if (doc.params.format !== "glb") {
-    viewerBox.replaceChildren(h("div", { class: "overlay", text: `The 3D view shows GLB results; this job made ${doc.params.format.toUpperCase()}.` }));
-    return;
-  }
   viewerBox.replaceChildren(h("div", { class: "overlay", text: "Loading the mesh…" }));
   const buffer = await (await api.fetch(`reconstruct/result/${jobId}`, { signal: ctx.signal })).arrayBuffer();
   viewer = new Viewer(viewerBox);
-  const gltf = await viewer.load(buffer);
+  const gltf = await viewer.load(buffer, doc.params.format);
   viewerBox.querySelector(".overlay").remove();
   viewerBox.dataset.loaded = "true";
   viewerTools(toolbar, viewer);
-  const extras = (gltf.scene && gltf.scene.userData) || {};
-  const exp = extras.export || {};
+  const extras = (gltf && gltf.scene && gltf.scene.userData) || {};
+  // GLB: the export extras say whether it is in metres; OBJ/PLY carry no metadata, the job's parameter does.
+  const metres = gltf ? (extras.export || {}).units === "m" : Boolean(doc.params.object_size_m);
   const size = viewer.size();
   $("#model-size").textContent =
-    size && exp.units === "m" ? `Size: ${formatSize(size)} (object_size_m ${doc.params.object_size_m} m)`
+    size && metres ? `Size: ${formatSize(size)} (object_size_m ${doc.params.object_size_m} m)`
       : size ? "Real-world size unknown: TripoSR has no metric scale (submit with object_size_m to set it)." : "";  // prettier-ignore
 }
 

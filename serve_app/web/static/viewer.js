@@ -4,6 +4,8 @@
 
 import * as THREE from "three";
 import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
+import { OBJLoader } from "three/addons/loaders/OBJLoader.js";
+import { PLYLoader } from "three/addons/loaders/PLYLoader.js";
 import { OrbitControls } from "three/addons/controls/OrbitControls.js";
 
 export const VIEWER_BACKGROUND = 0x20242a; // the empty scene's colour (the tests compare against it)
@@ -56,11 +58,35 @@ export class Viewer {
     this.renderer.render(this.scene, this.camera);
   }
 
-  /** Show a GLB (ArrayBuffer). Nodes whose glTF extras say `hidden: true` start hidden. Returns the glTF. */
-  async load(buffer) {
-    const gltf = await new GLTFLoader().parseAsync(buffer, "");
+  /**
+   * Show a mesh file (ArrayBuffer) of the service's formats: "glb" (default), "obj" or "ply" (vertex colours
+   * kept). Nodes whose glTF extras say `hidden: true` start hidden. Returns the glTF (for GLB) or null.
+   */
+  async load(buffer, format = "glb") {
+    let gltf = null;
+    let root;
+    if (format === "glb") {
+      gltf = await new GLTFLoader().parseAsync(buffer, "");
+      root = gltf.scene;
+    } else if (format === "obj") {
+      root = new OBJLoader().parse(new TextDecoder().decode(buffer));
+    } else if (format === "ply") {
+      const geometry = new PLYLoader().parse(buffer);
+      if (!geometry.hasAttribute("normal")) geometry.computeVertexNormals();
+      const material = new THREE.MeshStandardMaterial({ vertexColors: geometry.hasAttribute("color"), roughness: 0.9 });
+      root = new THREE.Group().add(new THREE.Mesh(geometry, material));
+    } else {
+      throw new Error(`the 3D view cannot show ${format} files`);
+    }
+    root.traverse((obj) => {
+      if (obj.isMesh && format === "obj") {
+        if (!obj.geometry.hasAttribute("normal")) obj.geometry.computeVertexNormals();
+        const colours = obj.geometry.hasAttribute("color");
+        obj.material = new THREE.MeshStandardMaterial({ vertexColors: colours, roughness: 0.9 });
+      }
+    });
     if (this.root) this.scene.remove(this.root);
-    this.root = gltf.scene;
+    this.root = root;
     this.root.traverse((obj) => {
       if (obj.userData && obj.userData.hidden === true) obj.visible = false;
       if (obj.isMesh) obj.material.side = THREE.DoubleSide;
