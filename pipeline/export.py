@@ -136,7 +136,7 @@ def export_result(
         data = glb_bytes(parts, extras)
     else:
         data = _trimesh_bytes(parts, format)
-    write_atomic(path, data)
+    _write_atomic(path, data)
     logger.info("exported %s faces=%d to %s", format.value, export_info["faces"], path)
     return path
 
@@ -161,11 +161,15 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     return out
 
 
-def glb_bytes(parts: list[tuple[str, trimesh.Trimesh]], extras: dict | None = None) -> bytes:
+def glb_bytes(
+    parts: list[tuple[str, trimesh.Trimesh]],
+    extras: dict | None = None,
+    node_extras: list[dict] | None = None,
+) -> bytes:
     """Binary glTF 2.0 bytes, one node + mesh per part.
 
     Attributes: POSITION, NORMAL, COLOR_0 (linear float32 RGB, when the part has vertex colours); uint32
-    indices; one matte material; `extras` on scenes[0].
+    indices; one matte material; `extras` on scenes[0]; `node_extras[i]` (non-empty dicts) on node i.
     """
     gltf = _GLTF2(
         asset=pygltflib.Asset(generator=GENERATOR, version="2.0"),
@@ -226,7 +230,10 @@ def glb_bytes(parts: list[tuple[str, trimesh.Trimesh]], extras: dict | None = No
                 ],
             )
         )
-        gltf.nodes.append(pygltflib.Node(name=name, mesh=len(gltf.meshes) - 1))
+        node = pygltflib.Node(name=name, mesh=len(gltf.meshes) - 1)
+        if node_extras and node_extras[len(gltf.nodes)]:
+            node.extras = node_extras[len(gltf.nodes)]
+        gltf.nodes.append(node)
 
     gltf.scenes = [pygltflib.Scene(nodes=list(range(len(gltf.nodes))))]
     gltf.scene_extras = extras or None
@@ -275,7 +282,7 @@ def _trimesh_bytes(parts: list[tuple[str, trimesh.Trimesh]], format: MeshFormat)
     return data.encode("utf-8") if isinstance(data, str) else data
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file in the destination folder, fsync, then rename over `path` (never a partial
     file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

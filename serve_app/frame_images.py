@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.export import write_atomic
+# The project's one atomic-write helper (issue 9 moves it to pipeline.files.write_atomic: change this import).
+from pipeline.export import _write_atomic as write_atomic
 
 FOLDER = "frames"
 
