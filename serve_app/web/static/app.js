@@ -511,7 +511,7 @@ async function compareView(main, ctx, compareId) {
   const pick = (id, text, index) => h("label", {}, text, h("select", { id, name: id, required: true },
     h("option", { value: "", text: "choose a job" }), ...recon.map((j, i) => h("option", { value: j.job_id, selected: i === index, text: label(j) }))));  // prettier-ignore
   const size = h("input", { type: "number", id: "compare-size", name: "object_size_m", min: 0.001, max: 100, step: "any", placeholder: "e.g. 0.72" });
-  const threshold = h("input", { type: "number", id: "compare-threshold", name: "threshold_mm", min: 0, step: "any", value: 1.0 });
+  const threshold = h("input", { type: "number", id: "compare-threshold", name: "threshold_mm", min: 0.01, max: 100, step: "any", value: 1.0 });
   const run = h("button", { type: "submit", class: "primary", id: "compare-button", text: "Compare", disabled: recon.length < 2 });
   const message = h("div", { "aria-live": "polite", id: "compare-message" });
   const form = h("form", { class: "filters" }, pick("reference", "Reference (before)", 1), pick("candidate", "Candidate (after)", 0),
