@@ -7,7 +7,9 @@ test ends by checking the tab's console: no errors, except the failed requests t
 from __future__ import annotations
 
 import io
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +140,12 @@ def test_upload_through_the_page_succeeds_draws_the_mesh_and_reports_rejected_fr
     with page.expect_download() as dl:
         page.click("#download-report")
     assert dl.value.suggested_filename == f"{job_id}.report.json"
+    report = json.loads(Path(dl.value.path()).read_text())
+    assert report["job_id"] == job_id and [f["reason"] for f in report["frames"]][1:] == [
+        "blurred",
+        "duplicate",
+        "duplicate",
+    ]
 
     # tablet: one column, nothing wider than the screen
     page.set_viewport_size({"width": 768, "height": 1024})

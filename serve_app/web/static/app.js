@@ -483,10 +483,8 @@ function renderDownloads(box, doc) {
       title: mine ? `Download the ${f.toUpperCase()} result` : `This job made ${format.toUpperCase()}; submit with format ${f} for ${f.toUpperCase()}`,
       text: `${f.toUpperCase()}`, onclick: () => download(`reconstruct/result/${doc.job_id}`, `${doc.job_id}.${f}`, box) }));  // prettier-ignore
   }
-  box.append(h("button", { type: "button", id: "download-report", text: "Report JSON", onclick: () => {
-    const report = { job_id: doc.job_id, params: doc.params, timings: doc.timings, frames: doc.frames.report, ...(doc.report || {}), warnings: doc.warnings || [] };
-    saveBlob(new Blob([JSON.stringify(report, null, 1)], { type: "application/json" }), `${doc.job_id}.report.json`);
-  } }));  // prettier-ignore
+  box.append(h("button", { type: "button", id: "download-report", text: "Report JSON",
+    onclick: () => download(`reconstruct/result/${doc.job_id}?part=report`, `${doc.job_id}.report.json`, box) }));  // prettier-ignore
 }
 
 async function download(path, name, where) {
