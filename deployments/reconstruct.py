@@ -14,7 +14,6 @@ import collections
 import logging
 import math
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ import numpy as np
 import ray
 from ray import serve
 
-from pipeline.runner import reconstruct_frames, save_mesh
+from pipeline.reconstructor import Reconstructor
+from pipeline.runner import save_mesh
 from serve_app.metrics import batch_size_histogram
 from serve_app.settings import Settings
 
@@ -52,7 +52,11 @@ class Reconstruct:
         )  # fmt: skip
         if self.model.device.type == "cuda" and 0 < gpu_share < 1:
             torch.cuda.set_per_process_memory_fraction(gpu_share, self.model.device)
-        self._lock = threading.Lock()  # one forward on the device at a time (batches + health probe)
+        # device work (encode, density and colour queries) under one lock; marching cubes and mesh building
+        # on a CPU pool of the replica's size, so two batches in flight overlap (max_concurrent_batches=2;
+        # a CPU-only replica keeps the whole batch under the lock, see pipeline/reconstructor.py)
+        self._recon = Reconstructor(self.model, cpu_workers=max(1, math.ceil(assigned.get("CPU", 1))))
+        self._lock = self._recon.device_lock  # the health probe skips while the device is busy
         self._batches: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self._batch_hist = batch_size_histogram()
         # Warm-up encode: first-call costs leave the request path, and its scene code feeds the health probe.
@@ -76,7 +80,9 @@ class Reconstruct:
         """One frame -> its mesh written to `mesh_path`; returns {mesh_path, vertices, faces, batch_size}."""
         return await self._batched(job_id, frame, mesh_path, mc_resolution)
 
-    @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=0.05)
+    @serve.batch(
+        max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=0.05, max_concurrent_batches=2
+    )
     async def _batched(
         self, job_ids: list[str], frames: list[np.ndarray], mesh_paths: list[str], resolutions: list[int]
     ) -> list[dict[str, Any]]:
@@ -89,8 +95,7 @@ class Reconstruct:
     def _run(
         self, frames: list[np.ndarray], mesh_paths: list[str], resolutions: list[int], batch_size: int
     ) -> list[dict[str, Any]]:
-        with self._lock:
-            meshes = reconstruct_frames(self.model, frames, resolutions)
+        meshes = self._recon.reconstruct(frames, resolutions)  # holds the device only for device work
         out = []
         for mesh, path in zip(meshes, mesh_paths, strict=True):
             save_mesh(mesh, Path(path))
@@ -108,6 +113,7 @@ class Reconstruct:
             "frames": sum(b["size"] for b in batches),
             "max_size": max((b["size"] for b in batches), default=0),
             "multi_job_batches": sum(1 for b in batches if len(b["jobs"]) > 1),
+            "device_busy_s": self._recon.stats()["device_s"],
             "recent": batches[-20:],
         }
 

@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 from pipeline.alignment import (
     Alignment,
     CleanMesh,
+    _signed_volume,
     _Target,
     align_to_reference,
     clean_mesh,
@@ -38,6 +39,7 @@ from pipeline.alignment import (
     shape_outliers,
 )
 from pipeline.errors import FusionError, InvalidParameter
+from pipeline.parallel import cpu_workers, ordered_map
 from pipeline.params import MergeStrategy
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ def fuse_meshes(
     scores: Sequence[float] | None = None,
     resolution: int = DEFAULT_RESOLUTION,
     job_id: str | None = None,
+    workers: int | None = None,
 ) -> FusionResult:
     """Fuse per-frame meshes (TripoSR native frame, any units) into one result.
 
@@ -87,6 +90,8 @@ def fuse_meshes(
         Without scores the reference is the medoid of a turn-invariant shape descriptor.
     resolution : grid cells along the longest side of the fused volume (32..512).
     job_id : only used in log lines.
+    workers : threads for the per-frame steps (cleaning, alignment, fields, colour look-ups); default
+        `pipeline.parallel.cpu_workers()`. The result does not depend on it.
 
     Raises
     ------
@@ -111,11 +116,12 @@ def fuse_meshes(
             raise InvalidParameter("scores", f"expected numbers, got {list(scores)!r}") from None
         scores = [s if np.isfinite(s) else -np.inf for s in scores]
 
+    workers = cpu_workers() if workers is None else max(1, int(workers))
     clock.restart()
     cleans: list[CleanMesh] = []
     frames: list[dict] = []
-    for i, mesh in enumerate(meshes):
-        clean, info = clean_mesh(mesh, i)
+    cleaned = ordered_map(lambda im: clean_mesh(im[1], im[0]), enumerate(meshes), workers)
+    for clean, info in cleaned:
         info.update(
             kept=clean is not None,
             alignment_error=None,
@@ -180,12 +186,12 @@ def fuse_meshes(
 
     # align every other frame to the reference
     clock.restart()
-    target = _Target(ref)
+    target = _Target(ref)  # read-only from here on: the worker threads share it
     aligned: dict[int, Alignment] = {}
-    for c in cleans:
-        if c is ref:
-            continue
-        a = align_to_reference(c, ref, target)
+    others = [c for c in cleans if c is not ref]
+    for c, a in zip(
+        others, ordered_map(lambda c: align_to_reference(c, ref, target), others, workers), strict=True
+    ):
         aligned[c.index] = a
         frames[c.index].update(
             alignment_error=round(a.error, 6),
@@ -213,7 +219,8 @@ def fuse_meshes(
         for c in kept[1:]:
             frames[c.index]["turn_deg"] = None
 
-    meshes_aligned = [ref.mesh] + [_transformed(c.mesh, aligned[c.index].matrix) for c in kept[1:]]
+    moved = ordered_map(lambda c: _transformed(c.mesh, aligned[c.index].matrix), kept[1:], workers)
+    meshes_aligned = [ref.mesh, *moved]
     if strategy is MergeStrategy.ALL:
         return _finish(FusionResult(None, _scene(kept, meshes_aligned), report), report, clock, job_id)
 
@@ -223,7 +230,7 @@ def fuse_meshes(
         return _finish(FusionResult(ref.mesh.copy(), None, report), report, clock, job_id)
 
     cameras = [np.array([1.0, 0.0, 0.0])] + [_unit(a.matrix[:3, :3] @ [1.0, 0.0, 0.0]) for a in kept_aligned]
-    mesh = fuse_aligned(meshes_aligned, cameras, resolution, clock)
+    mesh = fuse_aligned(meshes_aligned, cameras, resolution, clock, workers=workers)
     return _finish(FusionResult(mesh, None, report), report, clock, job_id)
 
 
@@ -232,10 +239,14 @@ def fuse_aligned(
     cameras: Sequence[np.ndarray],
     resolution: int,
     clock: _Stopwatch | None = None,
+    *,
+    workers: int = 1,
 ) -> trimesh.Trimesh:
     """Average the truncated signed distance of already aligned meshes and extract one watertight surface.
 
     cameras: per mesh, the unit direction (3,) towards the camera that saw it, used to weight colours.
+    workers: threads computing per-frame fields and colour look-ups; the sums run in frame order, so the
+    result is the same for any count.
     """
     clock = clock if clock is not None else _Stopwatch()
     clock.restart()
@@ -246,8 +257,15 @@ def fuse_aligned(
     shape = tuple(int(n) for n in np.ceil((hi - lo) / voxel).astype(int) + 1 + 2 * PAD_VOXELS)
     total = np.zeros(shape, dtype=np.float32)
     rng = np.random.default_rng(0)
-    for mesh in meshes:
-        total += _truncated_sdf(mesh, origin, voxel, shape, rng)
+    # the random numbers are drawn here, frame after frame, exactly as a sequential loop draws them
+    draws = [_draw_samples(mesh, voxel, rng) for mesh in meshes]
+    fields = ordered_map(
+        lambda md: _truncated_sdf(md[0], origin, voxel, shape, md[1]),
+        zip(meshes, draws, strict=True),
+        workers,
+    )
+    for field in fields:
+        total += field
     total /= len(meshes)
     # frames that disagree far from any surface (+trunc vs -trunc) can cancel to exactly 0; a vertex placed
     # exactly on a grid corner is shared by several cells and breaks manifoldness, so break such ties outward
@@ -267,19 +285,39 @@ def fuse_aligned(
     if len(mesh.faces) == 0:
         raise FusionError("the fused surface is empty (the aligned frames share no inside)")
     mesh, _ = main_components(mesh, 0.05)
-    if mesh.is_watertight and mesh.volume < 0:
+    if mesh.is_watertight and _signed_volume(mesh) < 0:
         mesh.invert()
     clock.lap("marching_cubes")
 
     clock.restart()
-    colours = _transfer_colours(mesh, meshes, cameras, voxel)
+    colours = _transfer_colours(mesh, meshes, cameras, voxel, workers)
     if colours is not None:
         mesh.visual.vertex_colors = colours
     clock.lap("colours")
     return mesh
 
 
-def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> np.ndarray:
+def _draw_samples(mesh: trimesh.Trimesh, voxel: float, rng: np.random.Generator) -> _Draws:
+    """The uniforms `sample_surface` would draw from `rng` for this mesh's sample count, drawn now."""
+    count = int(np.clip(SAMPLES_PER_VOXEL_AREA * mesh.area / voxel**2, 10_000, 4_000_000))
+    return _Draws(rng.random(count), rng.random((2, count)))
+
+
+class _Draws:
+    """Pre-drawn uniforms standing in for a Generator in `sample_surface`, so frames can be sampled on
+    worker threads with the numbers a sequential loop would use: `uniform(0, high, n)` is `high *
+    random(n)` bit for bit (numpy computes low + (high - low) * u)."""
+
+    def __init__(self, first: np.ndarray, pairs: np.ndarray) -> None:
+        self.count = len(first)
+        self._queue = [first, pairs]
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, size=None) -> np.ndarray:
+        u = self._queue.pop(0)
+        return u if high == 1.0 and low == 0.0 else low + (high - low) * u
+
+
+def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, draws: _Draws) -> np.ndarray:
     """Truncated signed distance (negative inside) of one closed mesh on the grid, float32 `shape`.
 
     Narrow band: dense surface samples mark the voxels the surface crosses; within BAND_VOXELS of them the
@@ -289,8 +327,7 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     Cost ~ surface area / voxel^2, not grid volume: a KD-tree query only for band voxels.
     """
     trunc = BAND_VOXELS * voxel
-    count = int(np.clip(SAMPLES_PER_VOXEL_AREA * mesh.area / voxel**2, 10_000, 4_000_000))
-    points, face = sample_surface(mesh, count, rng)
+    points, face = sample_surface(mesh, draws.count, draws)
     normals = mesh.face_normals[face]
     ijk = np.clip(np.rint((points - origin) / voxel).astype(np.int64), 0, np.array(shape) - 1)
     band = np.zeros(shape, dtype=bool)
@@ -311,11 +348,11 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     n_inside = int(inside.sum())
     leaked = n_inside == 0
     if mesh.is_watertight and not leaked:
-        leaked = n_inside + 0.5 * band.sum() < 0.5 * abs(mesh.volume) / voxel**3
+        leaked = n_inside + 0.5 * band.sum() < 0.5 * abs(_signed_volume(mesh)) / voxel**3
     idx = np.nonzero(band)
     coords = origin + np.stack(idx, axis=1) * voxel
     # band voxels lie within (BAND_VOXELS + 0.5) * sqrt(3) voxels of a sample; the bound speeds the search up
-    _, nearest = tree.query(coords, distance_upper_bound=(BAND_VOXELS + 0.5) * 1.75 * voxel, workers=-1)
+    _, nearest = tree.query(coords, distance_upper_bound=(BAND_VOXELS + 0.5) * 1.75 * voxel)
     found = nearest < len(points)
     signed = np.einsum("ij,ij->i", coords[found] - points[nearest[found]], normals[nearest[found]])
     field[tuple(i[found] for i in idx)] = np.clip(signed, -trunc, trunc)
@@ -333,7 +370,7 @@ def _truncated_sdf(mesh: trimesh.Trimesh, origin, voxel: float, shape, rng) -> n
     return field
 
 
-def _transfer_colours(mesh, sources, cameras, voxel: float) -> np.ndarray | None:
+def _transfer_colours(mesh, sources, cameras, voxel: float, workers: int = 1) -> np.ndarray | None:
     """(V, 4) uint8 sRGB colours for `mesh` from the nearest vertices of the coloured `sources`.
 
     Averaged in linear light, weighted by closeness (1 / (d + voxel/2)^2) and by how squarely each source's
@@ -342,15 +379,20 @@ def _transfer_colours(mesh, sources, cameras, voxel: float) -> np.ndarray | None
     from pipeline.export import linear_to_srgb, srgb_to_linear
 
     normals = mesh.vertex_normals
-    acc = np.zeros((len(mesh.vertices), 3))
-    weight = np.zeros(len(mesh.vertices))
-    for src, cam in zip(sources, cameras, strict=True):
-        if src.visual.kind != "vertex":
-            continue
+    points = np.asarray(mesh.vertices)
+    acc = np.zeros((len(points), 3))
+    weight = np.zeros(len(points))
+    coloured = [(s, c) for s, c in zip(sources, cameras, strict=True) if s.visual.kind == "vertex"]
+
+    def look_up(source_camera) -> tuple[np.ndarray, np.ndarray]:
+        src, cam = source_camera
         lin = srgb_to_linear(np.asarray(src.visual.vertex_colors[:, :3], dtype=np.float64) / 255.0)
-        dist, nearest = cKDTree(src.vertices).query(mesh.vertices, workers=-1)
+        dist, nearest = cKDTree(src.vertices).query(points)
         w = (0.2 + np.maximum(0.0, normals @ cam)) / (dist + 0.5 * voxel) ** 2
-        acc += w[:, None] * lin[nearest]
+        return w, lin[nearest]
+
+    for w, lin in ordered_map(look_up, coloured, workers):  # summed in frame order
+        acc += w[:, None] * lin
         weight += w
     if not weight.any():
         return None

@@ -64,12 +64,13 @@ def preprocess_payload(
 def reconstruct_frames(
     model: TripoSR, frames: Sequence[np.ndarray], resolutions: Sequence[int]
 ) -> list[trimesh.Trimesh]:
-    """One batched encode of every frame, then one marching-cubes mesh per frame at its own resolution."""
+    """One batched encode of every frame, then one marching-cubes mesh per frame at its own resolution (the
+    frames' density queries batched together)."""
     import torch
 
     with torch.inference_mode():
         codes = model.encode(list(frames))  # (B, 3, C, H, W)
-        return [model.extract_mesh(codes[i], resolution=int(r)) for i, r in enumerate(resolutions)]
+        return model.extract_meshes(list(codes), [int(r) for r in resolutions])
 
 
 def merge_stage(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import mcubes
@@ -88,12 +88,80 @@ def _check(resolution: int, chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
 
 
-def _evaluate(field: Field, flat: torch.Tensor, axis: torch.Tensor, out: np.ndarray) -> None:
-    """Evaluate flat grid indices `flat` (n,) int64 (on the field's device) into `out` (n,) float32."""
-    r = axis.shape[0]
-    i, j, k = flat // (r * r), (flat // r) % r, flat % r
-    points = torch.stack((axis[i], axis[j], axis[k]), dim=-1)  # (n, 3)
-    out[:] = field(points).float().cpu().numpy()
+def grid_points(flat: np.ndarray, resolution: int, radius: float, device: torch.device | str) -> torch.Tensor:
+    """World points (n, 3) float32 on `device` of flat grid indices (n,) int64 (i * r^2 + j * r + k)."""
+    r = resolution
+    axis = grid_axis(r, radius, device)
+    flat_t = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.int64)).to(device)
+    i, j, k = flat_t // (r * r), (flat_t // r) % r, flat_t % r
+    return torch.stack((axis[i], axis[j], axis[k]), dim=-1)
+
+
+Plan = Generator[np.ndarray, np.ndarray, "Volume"]
+"""One extraction as a coroutine: it yields the flat grid indices (n,) int64 it needs next, is sent their
+values (n,) float32, and returns its `Volume`. Plans hold no field, so a driver can run the plans of many
+scene codes in lockstep and evaluate all their requests in one batch (`run_plans`)."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """What marching cubes needs once the field work is done: `values` - level on a box of the grid."""
+
+    values: np.ndarray | None  # (X, Y, Z) float32 value - level; None: no sample can hold surface
+    offset: tuple[int, int, int]  # grid index of values[0, 0, 0]
+    resolution: int
+    radius: float
+    queries: int  # field samples evaluated
+
+    def surface(self) -> Surface:
+        """Marching cubes (CPU only, no field access: can run off the device thread)."""
+        r = self.resolution
+        if self.values is None:
+            return Surface(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), self.queries, r)
+        verts, faces = _marching_cubes(self.values, self.offset)
+        return Surface(_to_world(verts, r, self.radius), faces, self.queries, r)
+
+
+def run_plans(
+    plans: Sequence[Plan], evaluate: Callable[[list[tuple[int, np.ndarray]]], list[np.ndarray]]
+) -> list[Volume]:
+    """Drive plans in lockstep: each round, `evaluate([(plan position, flat indices), ...])` gets the requests
+    of every plan still running and returns their values in the same order."""
+    volumes: list[Volume | None] = [None] * len(plans)
+    pending: dict[int, np.ndarray] = {}
+
+    def advance(pos: int, values: np.ndarray | None) -> None:
+        try:
+            pending[pos] = next(plans[pos]) if values is None else plans[pos].send(values)
+        except StopIteration as done:
+            volumes[pos] = done.value
+            pending.pop(pos, None)
+
+    for pos in range(len(plans)):
+        advance(pos, None)
+    while pending:
+        requests = list(pending.items())
+        for (pos, _), values in zip(requests, evaluate(requests), strict=True):
+            advance(pos, values)
+    return [v for v in volumes if v is not None]
+
+
+def _field_evaluator(
+    field: Field, resolution: int, radius: float, chunk_size: int, device: torch.device | str
+) -> Callable[[list[tuple[int, np.ndarray]]], list[np.ndarray]]:
+    """`run_plans` evaluator for one field: `field` called on at most `chunk_size` points at a time."""
+
+    def evaluate(requests: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+        out = []
+        for _, flat in requests:
+            got = np.empty(len(flat), dtype=np.float32)
+            for start in range(0, len(flat), chunk_size):
+                points = grid_points(flat[start : start + chunk_size], resolution, radius, device)
+                got[start : start + len(points)] = field(points).float().cpu().numpy()
+            out.append(got)
+        return out
+
+    return evaluate
 
 
 def _to_world(verts_index: np.ndarray, resolution: int, radius: float) -> np.ndarray:
@@ -113,6 +181,19 @@ def _marching_cubes(
     return verts.reshape(-1, 3), faces.astype(np.int64).reshape(-1, 3)
 
 
+def dense_plan(resolution: int, level: float, *, radius: float, piece: int = 1 << 21) -> Plan:
+    """Every resolution^3 sample, requested `piece` at a time (like upstream's dense grid)."""
+    _check(resolution, 1)
+    r = resolution
+    values = np.empty(r**3, dtype=np.float32)
+    for start in range(0, r**3, piece):
+        stop = min(start + piece, r**3)
+        values[start:stop] = yield np.arange(start, stop, dtype=np.int64)
+    volume = values.reshape(r, r, r)
+    volume -= np.float32(level)
+    return Volume(volume, (0, 0, 0), r, radius, r**3)
+
+
 @torch.inference_mode()
 def extract_dense(
     field: Field,
@@ -125,17 +206,8 @@ def extract_dense(
 ) -> Surface:
     """Evaluate all resolution^3 samples (like upstream) and run marching cubes on them."""
     _check(resolution, chunk_size)
-    r = resolution
-    axis = grid_axis(r, radius, device)
-    values = np.empty(r**3, dtype=np.float32)
-    for start in range(0, r**3, chunk_size):
-        stop = min(start + chunk_size, r**3)
-        flat = torch.arange(start, stop, device=device)
-        _evaluate(field, flat, axis, values[start:stop])
-    volume = values.reshape(r, r, r)
-    volume -= np.float32(level)
-    verts, faces = _marching_cubes(volume)
-    return Surface(_to_world(verts, r, radius), faces, r**3, r)
+    evaluate = _field_evaluator(field, resolution, radius, chunk_size, device)
+    return run_plans([dense_plan(resolution, level, radius=radius)], evaluate)[0].surface()
 
 
 def _block_points(blocks: np.ndarray, stride: int, resolution: int) -> np.ndarray:
@@ -217,6 +289,24 @@ def extract_adaptive(
     slope in the seed test (1 trusts the coarse slope estimate exactly; larger refines a wider shell).
     """
     _check(resolution, chunk_size)
+    plan = adaptive_plan(
+        resolution, level, radius=radius, stride=stride, margin=margin, log_domain=log_domain
+    )
+    evaluate = _field_evaluator(field, resolution, radius, chunk_size, device)
+    return run_plans([plan], evaluate)[0].surface()
+
+
+def adaptive_plan(
+    resolution: int,
+    level: float,
+    *,
+    radius: float,
+    stride: int = 4,
+    margin: float = 1.5,
+    log_domain: bool = False,
+) -> Plan:
+    """The plan of `extract_adaptive` (arguments as there)."""
+    _check(resolution, 1)
     if stride < 2 or margin < 0:
         raise ValueError(f"stride must be >= 2 and margin >= 0, got stride={stride}, margin={margin}")
     if log_domain and level <= 0:
@@ -224,23 +314,17 @@ def extract_adaptive(
     r = resolution
     n = -(-(r - 1) // stride)  # blocks per axis
     if n < 3:
-        return extract_dense(field, r, level, radius=radius, chunk_size=chunk_size, device=device)
-    axis = grid_axis(r, radius, device)
+        return (yield from dense_plan(r, level, radius=radius))
     values = np.full(r**3, np.nan, dtype=np.float32)  # unknown samples stay NaN
 
-    def evaluate(flat: np.ndarray) -> int:
-        flat_t = torch.from_numpy(flat).to(device)
-        got = np.empty(len(flat), dtype=np.float32)
-        for start in range(0, len(flat), chunk_size):
-            stop = min(start + chunk_size, len(flat))
-            _evaluate(field, flat_t[start:stop], axis, got[start:stop])
-        values[flat] = got
+    def evaluate(flat: np.ndarray):  # a sub-generator: one request, its values stored
+        values[flat] = yield flat
         return len(flat)
 
     # 1. coarse samples: the corners of all blocks
     cidx = np.minimum(np.arange(n + 1) * stride, r - 1)
     coarse_flat = (cidx[:, None, None] * (r * r) + cidx[None, :, None] * r + cidx[None, None, :]).ravel()
-    queries = evaluate(coarse_flat)
+    queries = yield from evaluate(coarse_flat)
     coarse = values[coarse_flat].reshape(n + 1, n + 1, n + 1)
 
     # 2. seeds, then 3. evaluate and follow the surface across block boundaries
@@ -254,7 +338,7 @@ def extract_adaptive(
         new_blocks = np.argwhere(todo)
         pts = np.unique(_block_points(new_blocks, stride, r))
         pts = pts[np.isnan(values[pts])]
-        queries += evaluate(pts)
+        queries += yield from evaluate(pts)
         sign[pts] = np.where(values[pts] > level, 1, -1)
         done |= todo
         # unrefined blocks touching the new ones whose known samples are on both sides hold surface
@@ -270,7 +354,7 @@ def extract_adaptive(
     )
 
     if not done.any():
-        return Surface(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), queries, r)
+        return Volume(None, (0, 0, 0), r, radius, queries)
 
     # 4. marching cubes on the bounding box of the refined blocks; unknown samples take their block's side
     lo_b, hi_b = np.argwhere(done).min(axis=0), np.argwhere(done).max(axis=0)
@@ -283,5 +367,4 @@ def extract_adaptive(
         block_of = [np.minimum(np.arange(lo[a], hi[a] + 1) // stride, n - 1) for a in range(3)]
         fill = np.where(block_inside[np.ix_(*block_of)], np.float32(1.0), np.float32(-1.0))
         vol[unknown] = fill[unknown]
-    verts, faces = _marching_cubes(vol, (int(lo[0]), int(lo[1]), int(lo[2])))
-    return Surface(_to_world(verts, r, radius), faces, queries, r)
+    return Volume(vol, (int(lo[0]), int(lo[1]), int(lo[2])), r, radius, queries)

@@ -41,14 +41,25 @@ class Embeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions + 1, hidden_size))
         self.patch_embeddings = PatchEmbeddings(num_channels, hidden_size, patch_size)
+        # resized table per image size, keyed by the table's identity (new weights or dtype -> recomputed)
+        self._resized: dict[tuple, torch.Tensor] = {}
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = pixels.shape
         patches = self.patch_embeddings(pixels)  # (B, N, D)
         cls = self.cls_token.expand(batch, -1, -1)  # (B, 1, D)
         tokens = torch.cat([cls, patches], dim=1)  # (B, 1 + N, D)
-        pos = interpolate_position_embeddings(self.position_embeddings, height, width, self.patch_size)
-        return tokens + pos.to(tokens.dtype)
+        return tokens.add_(self._positions(height, width, tokens.dtype))
+
+    def _positions(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The position table resized to the image, computed once per size (upstream recomputes it every
+        forward)."""
+        table = self.position_embeddings
+        key = (height, width, dtype, table.device, table.data_ptr(), table._version)
+        if key not in self._resized:
+            pos = interpolate_position_embeddings(table.detach(), height, width, self.patch_size)
+            self._resized = {key: pos.to(dtype)}  # one image size in use at a time; keep only the last
+        return self._resized[key]
 
 
 def interpolate_position_embeddings(
@@ -144,9 +155,11 @@ class Layer(nn.Module):
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.layernorm_before(x))
-        h = F.gelu(self.intermediate.dense(self.layernorm_after(x)))
-        return x + self.output.dense(h)
+        """Updates `x` in place (inference only) and returns it."""
+        x = x.add_(self.attention(self.layernorm_before(x)))
+        h = self.intermediate.dense(self.layernorm_after(x))
+        torch.ops.aten.gelu_(h)  # in place: same numbers as F.gelu, no second (B, T, 4D) buffer
+        return x.add_(self.output.dense(h))
 
 
 class Encoder(nn.Module):

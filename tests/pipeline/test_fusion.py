@@ -257,3 +257,15 @@ def test_bad_parameters_raise_invalid_parameter(kwargs, field):
     with pytest.raises(InvalidParameter) as info:
         fuse_meshes(meshes, **kwargs)
     assert info.value.field == field
+
+
+def test_worker_threads_do_not_change_the_fused_mesh(tyre_case):
+    _, meshes, _, result = tyre_case
+    scores = [0.7, 0.9, 0.8, 0.6, 1.0, 0.5]
+    one = fuse_meshes(meshes, scores=scores, resolution=RESOLUTION, workers=1)
+    three = fuse_meshes(meshes, scores=scores, resolution=RESOLUTION, workers=3)
+    for other in (one, three):
+        np.testing.assert_array_equal(other.mesh.vertices, result.mesh.vertices)
+        np.testing.assert_array_equal(other.mesh.faces, result.mesh.faces)
+        np.testing.assert_array_equal(other.mesh.visual.vertex_colors, result.mesh.visual.vertex_colors)
+        assert other.report["frames_used"] == result.report["frames_used"]

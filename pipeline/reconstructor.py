@@ -1,0 +1,99 @@
+"""Frames -> per-frame meshes for a long-lived model holder (the Reconstruct replica), with the device held
+only for device work, so one batch's encode and density queries run while CPU threads mesh the previous one.
+
+Per batch: [device] encode + density queries of all frames (shared decoder calls) -> [CPU pool] marching
+cubes per frame -> [device] colour queries of all frames -> [CPU pool] mesh objects. Concurrent callers (one
+thread per in-flight batch) share one device lock and one bounded CPU pool. No Ray here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import trimesh
+
+    from triposr import TripoSR
+
+
+class Reconstructor:
+    """Thread-safe `reconstruct(frames, resolutions) -> [trimesh.Trimesh]` over one model.
+
+    `device_lock` is re-entrant: holding it around a whole `reconstruct` call gives the unpipelined order
+    (the benchmark's "before"), and a health probe can take it without waiting behind CPU work.
+
+    overlap: None (default) overlaps only when the model is not on the CPU. On a CPU-only replica the
+    "device" is the same cores the pool uses: measured on the 2-core dev box (benchmarks/bench_replica.py,
+    tiny model, mesh@128, shared machine) overlapping gave 0.62x the frames/s at the same CPU seconds.
+    """
+
+    def __init__(self, model: TripoSR, cpu_workers: int, overlap: bool | None = None) -> None:
+        self.model = model
+        self.overlap = model.device.type != "cpu" if overlap is None else bool(overlap)
+        self.device_lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(cpu_workers)), thread_name_prefix="mesh-cpu")
+        self._stats_lock = threading.Lock()
+        self._device_s = 0.0
+        self._batches = 0
+        self._frames = 0
+
+    def reconstruct(self, frames: Sequence[np.ndarray], resolutions: Sequence[int]) -> list[trimesh.Trimesh]:
+        """uint8 (H, W, 3) RGB frames -> one mesh per frame (TripoSR native frame, RGBA vertex colours), each
+        at its own marching-cubes resolution. The same meshes as `pipeline.runner.reconstruct_frames`."""
+        if not self.overlap:
+            with self.device_lock:
+                return self._reconstruct(frames, resolutions)
+        return self._reconstruct(frames, resolutions)
+
+    def _reconstruct(self, frames: Sequence[np.ndarray], resolutions: Sequence[int]) -> list[trimesh.Trimesh]:
+        import torch
+
+        from triposr.model import surface_mesh
+
+        with torch.inference_mode():
+            with self._on_device():
+                codes = self.model.encode(list(frames))  # (B, 3, C, H, W)
+                volumes = self.model.extract_volumes(list(codes), [int(r) for r in resolutions])
+            surfaces = list(self._pool.map(lambda v: v.surface(), volumes))
+            with self._on_device():
+                colors = self.model.vertex_colors(list(codes), [s.vertices for s in surfaces])
+            meshes = list(self._pool.map(surface_mesh, surfaces, colors))
+        with self._stats_lock:
+            self._batches += 1
+            self._frames += len(meshes)
+        return meshes
+
+    def stats(self) -> dict[str, Any]:
+        """Batches and frames done, and seconds the device lock was held for device work."""
+        with self._stats_lock:
+            return {"batches": self._batches, "frames": self._frames, "device_s": round(self._device_s, 3)}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _on_device(self) -> _DeviceSection:
+        return _DeviceSection(self)
+
+
+class _DeviceSection:
+    """`with`: hold the device lock and add the held time to the reconstructor's device seconds."""
+
+    def __init__(self, owner: Reconstructor) -> None:
+        self._owner = owner
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._owner.device_lock.acquire()
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        held = time.perf_counter() - self._start
+        self._owner.device_lock.release()
+        with self._owner._stats_lock:
+            self._owner._device_s += held
