@@ -69,3 +69,7 @@ class FusionError(PipelineError):
     """Per-frame meshes could not be fused (e.g. none usable)."""
 
     code = "fusion_failed"
+
+
+class StageCancelled(Exception):
+    """A stage saw its caller's cancel signal between frames and stopped (not a user-facing error)."""

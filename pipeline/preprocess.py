@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.errors import InvalidInput, InvalidParameter, NoUsableFrames
+from pipeline.errors import InvalidInput, InvalidParameter, NoUsableFrames, StageCancelled
 from pipeline.frames import (
     Candidate,
     grey_thumbnails,
@@ -94,6 +94,7 @@ def preprocess_input(
     remove_background: bool = True,
     remover: BackgroundRemover | None = None,
     size: int = 512,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Preprocessed:
     """Turn a video, an image, a folder or list of images, or a zip of images into framed RGB frames.
 
@@ -105,6 +106,8 @@ def preprocess_input(
     remove_background : run rembg on frames without a meaningful alpha channel; False frames them as they are.
     remover : the process's BackgroundRemover; None builds the default one (u2net) on first use.
     size : output side in pixels.
+    should_stop : asked before each candidate is matted; True raises StageCancelled (a cancelled job stops
+        using the CPU between frames).
 
     Returns Preprocessed (see its fields). Raises InvalidInput (and subclasses) for unreadable or unsafe
     input, InvalidParameter for out-of-range arguments, NoUsableFrames when every candidate was rejected.
@@ -127,6 +130,8 @@ def preprocess_input(
     reports: list[FrameReport] = []
     for cand in candidates:
         fraction: float | None = None
+        if should_stop is not None and should_stop():
+            raise StageCancelled("preprocessing stopped: the request was cancelled")
         if cand.reason is None:
             framed, fraction, cand.reason = _frame(cand, foreground_ratio, size, remove_background, remover)
             if framed is not None:

@@ -139,7 +139,7 @@ def test_orphaned_job_is_requeued_then_failed_after_max_attempts(store):
 def test_live_heartbeat_protects_a_running_job(store):
     job, _ = store.create(JobParams())
     store.claim_next("alive")
-    store.heartbeat("alive")
+    assert store.heartbeat("alive", [job.id]) == set()
     assert store.recover_orphans(stale_before=time.time() - 60, max_attempts=2) == 0
     assert store.get(job.id).state == JobState.PREPROCESSING
 
