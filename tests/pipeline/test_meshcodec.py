@@ -1,4 +1,4 @@
-"""pipeline/meshcodec.py: the one mesh codec round-trips exactly, with compact dtypes, empty meshes included."""
+"""pipeline/meshcodec.py: the mesh codec round-trips exactly, with compact dtypes, empty meshes included."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""pipeline/runner.py: a whole job in-process (tiny model, real u2netp), and the stage functions over bytes."""
+"""pipeline/runner.py: a whole job in-process (tiny model, real u2netp), and the stages over bytes."""
 
 from __future__ import annotations
 
