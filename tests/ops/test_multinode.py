@@ -1,0 +1,84 @@
+"""The service on a three-node local Ray cluster whose worker nodes cannot see the ingress's disk.
+
+Head: Ingress (and the data dir). Node A: Preprocess + Export. Node B: Reconstruct on a logical GPU. Each
+worker node runs in its own mount namespace with a tmpfs over /tmp (where the data dir and the service's temp
+files live), so a worker touching the ingress's files would fail loudly (tests/ops/servecluster.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import trimesh
+
+from tests.media import make_ring_video, make_zip, png_bytes, ring_image
+from tests.ops.raycluster import can_hide_paths
+from tests.ops.servecluster import cluster_service, replica_pids, sees
+
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(not can_hide_paths(), reason="needs root for unshare --mount + tmpfs"),
+]
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def wait_terminal(client: httpx.Client, job_id: str, timeout_s: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    doc: dict = {}
+    while time.monotonic() < deadline:
+        doc = client.get(f"/reconstruct/status/{job_id}").json()
+        if doc["state"] in TERMINAL:
+            return doc
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s:.0f} s: {doc}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir, rembg_dir):
+    args = {
+        "model_source": str(tiny_model_dir), "model_device": "cpu", "rembg_model": "u2netp",
+        "rembg_dir": str(rembg_dir), "default_mc_resolution": 32, "default_num_frames": 2,
+        "default_merge": "best", "upload_limit_bytes": 4_000_000,
+    }  # fmt: skip
+    with cluster_service(args) as service:
+        yield service
+
+
+@pytest.mark.timeout(900)
+def test_video_photos_and_zip_jobs_succeed_on_workers_that_cannot_see_the_data_dir(cluster, tmp_path):
+    video = make_ring_video(tmp_path / "ring.mp4", width=160, height=120, fps=12, duration_s=2.0).path
+    photos = [png_bytes(ring_image(160, 120, angle=a)) for a in (0.0, 1.2, 2.4)]
+    archive = make_zip(tmp_path / "photos.zip", {f"p{i}.png": p for i, p in enumerate(photos)})
+    uploads = {
+        "video": [("video", ("ring.mp4", video.read_bytes(), "video/mp4"))],
+        "images": [("images", (f"p{i}.png", p, "image/png")) for i, p in enumerate(photos)],
+        "archive": [("archive", ("photos.zip", archive.read_bytes(), "application/zip"))],
+    }
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        ids = {}
+        for kind, files in uploads.items():
+            response = client.post("/reconstruct", files=files)
+            assert response.status_code == 202, response.text
+            ids[kind] = response.json()["job_id"]
+        docs = {kind: wait_terminal(client, job_id) for kind, job_id in ids.items()}
+        assert {k: d["state"] for k, d in docs.items()} == dict.fromkeys(uploads, "succeeded"), docs
+        for job_id in ids.values():
+            glb = client.get(f"/reconstruct/result/{job_id}")
+            assert glb.status_code == 200
+            scene = trimesh.load(trimesh.util.wrap_as_stream(glb.content), file_type="glb")
+            assert sum(len(g.faces) for g in scene.geometry.values()) > 0
+
+    # Every worker replica ran in a namespace without the data dir; the ingress sees it and wrote the results.
+    ingress = replica_pids("Ingress")
+    workers = {name: replica_pids(name) for name in ("Preprocess", "Reconstruct", "Export")}
+    assert ingress and all(workers.values()), workers
+    assert all(sees(pid, cluster.data_dir) for pid in ingress)
+    for name, pids in workers.items():
+        for pid in pids:
+            assert not sees(pid, cluster.data_dir), (name, pid)
+            assert not sees(pid, cluster.base / "inputs"), (name, pid)
+    for job_id in ids.values():
+        assert (cluster.data_dir / "jobs" / job_id / "result.glb").is_file()
