@@ -15,7 +15,7 @@ import trimesh
 
 from tests.media import make_ring_video, make_zip, png_bytes, ring_image
 from tests.ops.raycluster import can_hide_paths
-from tests.ops.servecluster import cluster_service, replica_pids, sees
+from tests.ops.servecluster import cluster_service, cpu_seconds, replica_pids, sees
 
 pytestmark = [
     pytest.mark.ray,
@@ -82,3 +82,36 @@ def test_video_photos_and_zip_jobs_succeed_on_workers_that_cannot_see_the_data_d
             assert not sees(pid, cluster.base / "inputs"), (name, pid)
     for job_id in ids.values():
         assert (cluster.data_dir / "jobs" / job_id / "result.glb").is_file()
+
+
+@pytest.mark.timeout(600)
+def test_cancelling_a_running_job_frees_the_reconstruct_replica_within_5_s(cluster, tmp_path):
+    """8 frames at mc_resolution 320 keep the tiny model busy ~20 CPU s; a DELETE stops it between frames."""
+    video = make_ring_video(tmp_path / "ring8.mp4", width=160, height=120, fps=12, duration_s=4.0).path
+    (pid,) = replica_pids("Reconstruct")
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        response = client.post(
+            "/reconstruct", files={"video": ("ring8.mp4", video.read_bytes(), "video/mp4")},
+            data={"num_frames": "8", "mc_resolution": "320", "remove_background": "false"},
+        )  # fmt: skip
+        job_id = response.json()["job_id"]
+        deadline = time.monotonic() + 180
+        while (doc := client.get(f"/reconstruct/status/{job_id}").json())["state"] != "reconstructing":
+            assert doc["state"] not in TERMINAL and time.monotonic() < deadline, doc
+            time.sleep(0.1)
+        busy_from = cpu_seconds(pid)
+        while cpu_seconds(pid) - busy_from < 1.0:  # the forward pass and the first meshes are under way
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.delete(f"/jobs/{job_id}").status_code in (200, 202)
+        cancelled_at = time.monotonic()
+        assert wait_terminal(client, job_id)["state"] == "cancelled"
+        time.sleep(max(0.0, cancelled_at + 5.0 - time.monotonic()))
+        idle_from = cpu_seconds(pid)
+        time.sleep(2.0)
+        used = cpu_seconds(pid) - idle_from
+        done = client.get(f"/reconstruct/status/{job_id}").json()
+    assert replica_pids("Reconstruct") == [pid]  # the same replica, not a restart
+    assert used < 0.3, (
+        f"replica still used {used:.2f} CPU s in 2 s, 5 s after the cancel ({done['progress']})"
+    )
