@@ -6,9 +6,11 @@
   asyncio cancellation and stops its thread work between frames (deployments/cancel.py).
 - `LocalWorkers`: the same stage functions in this process (Starlette tests, small hosts).
 - `RetryingWorkers`: a stage call lost to a dead or unreachable replica is retried with backoff, on whatever
-  replica Serve routes it to; a reconstruct retry runs its frame alone (`Reconstruct.single`), so a frame that
-  kills replicas cannot take other jobs' frames with it again. After `attempts` lost calls the job fails with
-  `worker_crashed` and a sentence for the user; the Ray error (pid, IP, actor id) stays in the log.
+  replica Serve routes it to. Retries go through one lane per stage (one retried call in flight at a time,
+  per ingress replica) and a reconstruct retry runs its frame unbatched (`Reconstruct.single`): a frame that
+  kills its replica dies alone on the retry, so frames of other jobs lost with it are lost at most once.
+  After `attempts` lost calls the job fails with `worker_crashed` and a sentence for the user; the Ray error
+  (pid, IP, actor id) stays in the log.
 """
 
 from __future__ import annotations
@@ -161,11 +163,15 @@ class RetryingWorkers:
 
     def __init__(self, workers: Workers, policy: RetryPolicy, on_retry: OnRetry | None = None) -> None:
         self.workers, self.policy, self.on_retry = workers, policy, on_retry
+        self._lanes: dict[str, asyncio.Semaphore] = {}
 
     async def _call(self, job_id: str, stage: str, call: Callable[[int], Awaitable[T]]) -> T:
         for attempt in range(1, self.policy.attempts + 1):
             try:
-                return await call(attempt)
+                if attempt == 1:
+                    return await call(attempt)
+                async with self._lanes.setdefault(stage, asyncio.Semaphore(1)):
+                    return await call(attempt)
             except Exception as exc:
                 if not is_lost_call(exc):
                     raise
