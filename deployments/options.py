@@ -14,6 +14,7 @@ from pathlib import Path
 class PreprocessOptions:
     rembg_model: str = "u2net"
     rembg_dir: Path | None = None  # folder holding <rembg_model>.onnx; None: rembg's own home
+    rembg_threads: int | None = None  # onnxruntime threads; None: the replica's num_cpus, rounded up
 
 
 @dataclass(frozen=True)
@@ -22,4 +23,4 @@ class ReconstructOptions:
     model_device: str | None = None
     model_half: bool = False
     chunk_size: int = 65536
-    torch_threads: int | None = None  # None: the replica's num_cpus
+    torch_threads: int | None = None  # None: the replica's num_cpus, rounded up

@@ -9,6 +9,7 @@ from this actor: onnxruntime and torch stay on CPU even on GPU nodes. Frames lea
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import ray
@@ -35,7 +36,7 @@ class Preprocess:
         self.remover = BackgroundRemover(
             model_name=options.rembg_model,
             model_dir=options.rembg_dir,
-            num_threads=max(1, int(assigned.get("CPU", 1))),
+            num_threads=options.rembg_threads or max(1, math.ceil(assigned.get("CPU", 1))),
         )
 
     async def __call__(self, job_id: str, files: InputFiles, params: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import os
 import threading
 from typing import Any
@@ -51,7 +52,7 @@ class Reconstruct:
 
         assigned = ray.get_runtime_context().get_assigned_resources()
         gpu_share = float(assigned.get("GPU", 0.0))
-        torch.set_num_threads(options.torch_threads or max(1, int(assigned.get("CPU", 1))))
+        torch.set_num_threads(options.torch_threads or max(1, math.ceil(assigned.get("CPU", 1))))
         self.model = load_model(
             options.model_source, device=options.model_device, half=options.model_half,
             chunk_size=options.chunk_size,

@@ -50,6 +50,7 @@ def preprocess_stage(
         foreground_ratio=params.foreground_ratio,
         remove_background=params.remove_background,
         remover=remover if params.remove_background else None,
+        strict=params.strict,
         should_stop=should_stop,
     )
 
@@ -61,13 +62,14 @@ def preprocess_payload(
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """`preprocess_stage` packed as the message a job's driver receives (from a replica or in-process):
-    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str}."""
+    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str, warnings: [{code, message}]}."""
     result = preprocess_stage(input_path, params, remover, should_stop)
     return {
         "frames": np.ascontiguousarray(result.frames, np.uint8),
         "scores": [float(s) for s in result.scores],
         "reports": [r.to_dict() for r in result.reports],
         "kind": str(getattr(result.kind, "value", result.kind)),
+        "warnings": list(result.warnings),
     }
 
 
@@ -161,12 +163,13 @@ def job_report(
     fusion: dict[str, Any],
     timings: dict[str, float],
     params: JobParams,
+    warnings: list[dict[str, str]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The one report shape, beside every result (service job folder, batch output, CLI)."""
     return {
-        "job_id": job_id, "params": params.to_dict(), "frames": frames, "fusion": fusion,
-        "timings": {k: round(float(v), 4) for k, v in timings.items()}, **extra,
+        "job_id": job_id, "params": params.to_dict(), "frames": frames, "warnings": list(warnings or []),
+        "fusion": fusion, "timings": {k: round(float(v), 4) for k, v in timings.items()}, **extra,
     }  # fmt: skip
 
 
@@ -192,13 +195,14 @@ def run_pipeline(
     timings["reconstruct"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     data, fusion = merge_stage(
-        [m for m in meshes if m is not None], pre["scores"], params, metadata={"params": params.to_dict()}
-    )
+        [m for m in meshes if m is not None], pre["scores"], params,
+        metadata={"params": params.to_dict(), "warnings": pre["warnings"]},
+    )  # fmt: skip
     write_atomic(Path(output_path), data)
     timings["merge"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     logger.info("pipeline done: %d frames -> %s in %.2fs", len(pre["frames"]), output_path, timings["total"])
     return job_report(
         None, frames=pre["reports"], fusion=fusion, timings=timings, params=params,
-        result_path=str(output_path), kind=pre["kind"],
+        warnings=pre["warnings"], result_path=str(output_path), kind=pre["kind"],
     )  # fmt: skip

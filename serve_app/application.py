@@ -69,6 +69,7 @@ class AppArgs(BaseModel):
     stage_attempts: int | None = None
     max_upload_files: int | None = None
     torch_threads: int | None = None
+    rembg_threads: int | None = None
     default_num_frames: int | None = None
     default_mc_resolution: int | None = None
     default_foreground_ratio: float | None = None
@@ -78,7 +79,9 @@ class AppArgs(BaseModel):
 
 
 def preprocess_options(settings: Settings) -> PreprocessOptions:
-    return PreprocessOptions(rembg_model=settings.rembg_model, rembg_dir=settings.rembg_dir)
+    return PreprocessOptions(
+        rembg_model=settings.rembg_model, rembg_dir=settings.rembg_dir, rembg_threads=settings.rembg_threads
+    )
 
 
 def reconstruct_options(settings: Settings) -> ReconstructOptions:
@@ -108,14 +111,19 @@ def build(settings: Settings, options: dict[str, dict[str, Any]] | None = None) 
     )
 
 
-def app(args: AppArgs) -> Application:
-    """Serve app builder: environment (TRIPOSR_SERVE_*) overridden by the given arguments."""
+def settings_from_args(args: AppArgs, base: Settings) -> Settings:
+    """`base` (the environment) overridden by builder arguments: what `app` deploys, check-config checks."""
     overrides = args.model_dump(exclude_none=True)
     if isinstance(overrides.get("input_roots"), str):
         overrides["input_roots"] = overrides["input_roots"].split(",")
     if isinstance(overrides.get("output_roots"), str):
         overrides["output_roots"] = overrides["output_roots"].split(",")
-    settings = Settings.from_env().merged(overrides)
-    settings = settings.merged({"data_dir": str(Path(settings.data_dir).resolve())})
+    settings = base.merged(overrides)
+    return settings.merged({"data_dir": str(Path(settings.data_dir).resolve())})
+
+
+def app(args: AppArgs) -> Application:
+    """Serve app builder: environment (TRIPOSR_SERVE_*) overridden by the given arguments."""
+    settings = settings_from_args(args, Settings.from_env())
     logger.info("building app: data_dir=%s model_source=%s", settings.data_dir, settings.model_source)
     return build(settings)

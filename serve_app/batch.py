@@ -63,6 +63,7 @@ _EMPTY_ROW: dict[str, Any] = {
     "frames_rejected": 0,
     "scores": "[]",
     "frame_reports": "[]",
+    "warnings": "[]",
     "meshes": b"",
     "preprocess_s": 0.0,
     "reconstruct_s": 0.0,
@@ -275,6 +276,7 @@ def preprocess_batch(batch: Mapping[str, np.ndarray], settings: Settings) -> dic
                 frames_rejected=sum(1 for r in pre.reports if not r.chosen),
                 scores=json.dumps([float(s) for s in pre.scores]),
                 frame_reports=json.dumps([r.to_dict() for r in pre.reports]),
+                warnings=json.dumps(pre.warnings),
             )
         except Exception as exc:  # per-item isolation: anything an item raises stays with that item
             _fail(row, "preprocess", exc)
@@ -390,12 +392,14 @@ def merge_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _merge_one(row: dict[str, Any], merge_stage: Callable[..., tuple[bytes, dict[str, Any]]]) -> None:
     params = JobParams.from_mapping(json.loads(row["params"]))
     final = Path(row["output"])
-    metadata = {"item_id": row["item_id"], "source": Path(row["input"]).name, "params": params.to_dict()}
+    warnings = json.loads(row["warnings"])
+    metadata = {"item_id": row["item_id"], "source": Path(row["input"]).name, "params": params.to_dict(),
+                "warnings": warnings}  # fmt: skip
     data, fusion = merge_stage(unpack_meshes(row["meshes"]), json.loads(row["scores"]), params,
                                metadata=metadata, job_id=row["item_id"])  # fmt: skip
     report = job_report(
         row["item_id"], frames=json.loads(row["frame_reports"]), fusion=fusion, params=params,
-        timings={"preprocess": row["preprocess_s"], "reconstruct": row["reconstruct_s"]},
+        warnings=warnings, timings={"preprocess": row["preprocess_s"], "reconstruct": row["reconstruct_s"]},
         item_id=row["item_id"], input=row["input"],
     )  # fmt: skip
     write_atomic(final.with_name(f"{final.stem}.report.json"), json.dumps(report, indent=1, default=str))

@@ -112,6 +112,9 @@ class Service:
     # -- routes --------------------------------------------------------------------------------------------
     async def submit(self, request: Request) -> Response:
         self.authorize(request.headers)
+        failed = [p.public for p in await self.workers.unavailable() if p.failed]
+        if failed:  # a job now would only wait for job_timeout_s
+            raise se.NotReady(f"the service cannot take jobs: {'; '.join(failed)}")
         key = request.headers.get("idempotency-key")
         if key is not None:
             if not IDEMPOTENCY_KEY_RE.match(key):
@@ -340,6 +343,9 @@ class Service:
     async def readyz(self, request: Request) -> Response:
         if self.store is None or self.orchestrator is None or not self.orchestrator.ready:
             raise se.NotReady("the service is starting or stopping")
+        problems = await self.workers.unavailable()
+        if problems:
+            raise se.NotReady(f"not ready: {'; '.join(p.public for p in problems)}")
         counts = await asyncio.to_thread(self.store.counts)
         return JSONResponse(
             {"status": "ready", "jobs": counts, "running_here": len(self.orchestrator.running)}

@@ -321,8 +321,8 @@ class Orchestrator:
         await self._check_cancel(job_id)
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.RECONSTRUCTING, expect=JobState.PREPROCESSING,
-            owned_by=owner, frames=pre["reports"], input_kind=pre["kind"], progress=PROGRESS_PREPROCESSED,
-            timings=timings, message=f"{count} frames selected",
+            owned_by=owner, frames=pre["reports"], input_kind=pre["kind"], warnings=pre.get("warnings", []),
+            progress=PROGRESS_PREPROCESSED, timings=timings, message=f"{count} frames selected",
         )  # fmt: skip
 
         t1 = time.perf_counter()
@@ -361,7 +361,9 @@ class Orchestrator:
         )  # fmt: skip
 
         t2 = time.perf_counter()
-        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve"}
+        warnings = pre.get("warnings", [])
+        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve",
+                    "warnings": warnings}  # fmt: skip
         out = await self.workers.export(
             job_id, [meshes[i] for i in range(count)], pre["scores"], params, metadata
         )
@@ -373,7 +375,7 @@ class Orchestrator:
         retries = dict(self._retries.get(job_id, {}))
         report = {"fusion": out["report"], "retries": retries}
         full = job_report(job_id, frames=pre["reports"], fusion=out["report"], timings=timings, params=params,
-                          retries=retries)  # fmt: skip
+                          warnings=warnings, retries=retries)  # fmt: skip
         result_path = await asyncio.to_thread(self._write_result, job, out["data"], full)
         await asyncio.to_thread(
             self.store.update, job_id, owned_by=owner, event="result",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -25,14 +26,22 @@ from typing import Any, Protocol, TypeVar
 from pipeline.meshcodec import MeshArrays
 from pipeline.params import JobParams
 from pipeline.runner import InputFiles
+from serve_app.capacity import WORKER_DEPLOYMENTS
 from serve_app.errors import WorkerCrashed
+from serve_app.health import DeploymentProblem, deployment_problems
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
+STATUS_TTL_S = 2.0  # how stale the ingress's view of the worker deployments may be
+
+
 class Workers(Protocol):
+    async def unavailable(self) -> list[DeploymentProblem]:
+        """Worker deployments that cannot take work now (for /readyz and submissions)."""
+
     async def preprocess(self, job_id: str, files: InputFiles, params: JobParams) -> dict[str, Any]:
         """-> {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str}"""
 
@@ -63,6 +72,15 @@ class ServeWorkers:
 
     def __init__(self, preprocess: Any, reconstruct: Any, export: Any) -> None:
         self._preprocess, self._reconstruct, self._export = preprocess, reconstruct, export
+        self._problems: tuple[float, list[DeploymentProblem]] = (-STATUS_TTL_S, [])
+
+    async def unavailable(self) -> list[DeploymentProblem]:
+        """Worker deployments that are not running now, from Serve's status (read at most every 2 s)."""
+        at, problems = self._problems
+        if time.monotonic() - at >= STATUS_TTL_S:
+            problems = await asyncio.to_thread(_serve_problems)
+            self._problems = (time.monotonic(), problems)
+        return problems
 
     async def preprocess(self, job_id: str, files: InputFiles, params: JobParams) -> dict[str, Any]:
         return await _serve_call(self._preprocess.remote(job_id, files, params.to_dict()))
@@ -80,12 +98,22 @@ class ServeWorkers:
         return await _serve_call(self._export.remote(job_id, meshes, scores, params.to_dict(), metadata))
 
 
+def _serve_problems() -> list[DeploymentProblem]:
+    from ray import serve
+
+    app_name = serve.get_replica_context().app_name
+    return deployment_problems(serve.status().applications.get(app_name), WORKER_DEPLOYMENTS)
+
+
 class LocalWorkers:
     """The same stage functions in this process, one frame at a time behind a lock."""
 
     def __init__(self, model: Any, remover: Any) -> None:
         self.model, self.remover = model, remover
         self._lock = asyncio.Lock()
+
+    async def unavailable(self) -> list[DeploymentProblem]:
+        return []  # built in this process: running, or it would not exist
 
     async def preprocess(self, job_id: str, files: InputFiles, params: JobParams) -> dict[str, Any]:
         from deployments.cancel import run_stoppable
@@ -164,6 +192,9 @@ class RetryingWorkers:
     def __init__(self, workers: Workers, policy: RetryPolicy, on_retry: OnRetry | None = None) -> None:
         self.workers, self.policy, self.on_retry = workers, policy, on_retry
         self._lanes: dict[str, asyncio.Semaphore] = {}
+
+    async def unavailable(self) -> list[DeploymentProblem]:
+        return await self.workers.unavailable()
 
     async def _call(self, job_id: str, stage: str, call: Callable[[int], Awaitable[T]]) -> T:
         for attempt in range(1, self.policy.attempts + 1):

@@ -38,3 +38,36 @@ def ring_video(tmp_path_factory):
     from tests.media import make_ring_video
 
     return make_ring_video(tmp_path_factory.mktemp("media") / "ring.mp4")
+
+
+_RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+
+
+def pytest_configure(config):
+    """Every Ray the tests start (ray.init, `ray start`, `triposr-serve start` subprocesses) uses a token made
+    here: nothing is read from or written to ~/.ray, so the suite runs the same on a machine that never ran
+    Ray. Set before collection: Ray reads the auth mode once, when a test module first imports it."""
+    import os
+    import secrets
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ray-auth-"))
+    path = folder / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    config._saved_ray_auth = {k: os.environ.get(k) for k in _RAY_AUTH_VARS}
+    config._ray_auth_dir = folder
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def pytest_unconfigure(config):
+    import os
+    import shutil
+
+    for key, value in getattr(config, "_saved_ray_auth", {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(getattr(config, "_ray_auth_dir", ""), ignore_errors=True)
