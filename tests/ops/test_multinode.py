@@ -16,24 +16,17 @@ import trimesh
 from tests.media import make_ring_video, make_zip, png_bytes, ring_image
 from tests.ops.raycluster import can_hide_paths
 from tests.ops.servecluster import cluster_service, cpu_seconds, replica_pids, sees
+from tests.serve.conftest import TERMINAL
+from tests.serve.conftest import wait_terminal as _wait_terminal
 
 pytestmark = [
     pytest.mark.ray,
     pytest.mark.skipif(not can_hide_paths(), reason="needs root for unshare --mount + tmpfs"),
 ]
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
 
 def wait_terminal(client: httpx.Client, job_id: str, timeout_s: float = 240.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    doc: dict = {}
-    while time.monotonic() < deadline:
-        doc = client.get(f"/reconstruct/status/{job_id}").json()
-        if doc["state"] in TERMINAL:
-            return doc
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s:.0f} s: {doc}")
+    return _wait_terminal(client, job_id, timeout_s=timeout_s, poll_s=0.3)
 
 
 @pytest.fixture(scope="module")
