@@ -28,6 +28,10 @@ pytestmark = [
 ]
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+BUSY_STATES = {
+    "Preprocess": {"preprocessing"}, "Reconstruct": {"reconstructing"}, "Export": {"merging"},
+    "Ingress": {"preprocessing", "reconstructing"},
+}  # fmt: skip
 LEAKS = ("pid", "ip:", "192.", "127.0.0.1", "actor", "traceback", "/tmp", "/work")
 
 
@@ -135,13 +139,14 @@ def test_jobs_survive_killed_replicas_of_every_deployment_and_the_ingress(cluste
         for target in plan:
             if stop.wait(3.0):
                 return
-            if target == "Ingress":  # only while some job is active, so that one has to resume
-                deadline = time.monotonic() + 60
-                while not stop.is_set() and time.monotonic() < deadline:
-                    docs = [status(client, j) for j in list(ids)]
-                    if any(d and d["state"] in ("preprocessing", "reconstructing") for d in docs):
-                        break
-                    time.sleep(0.2)
+            # Kill while some job is in that stage (the Ingress: while any job runs, so one has to resume).
+            wanted = BUSY_STATES[target]
+            deadline = time.monotonic() + 20
+            while not stop.is_set() and time.monotonic() < deadline:
+                docs = [status(client, j) for j in list(ids)]
+                if any(d and d["state"] in wanted for d in docs):
+                    break
+                time.sleep(0.1)
             pids = replica_pids(target)
             if not pids:
                 continue
