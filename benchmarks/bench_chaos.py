@@ -74,7 +74,7 @@ def main() -> int:
 
     from benchmarks.machine import cpu_name
     from tests.media import make_ring_video
-    from tests.ops.servecluster import cluster_service, kill9, replica_pids
+    from tests.ops.servecluster import cluster_service, kill9
 
     print(f"machine: {cpu_name()}; shared with other work, so read differences, not absolute times")
     rembg_dir = ROOT / "models" / "rembg"
@@ -96,7 +96,7 @@ def main() -> int:
                 doc = wait_state(client, job_id, {STAGE_STATE[kill]})
                 if doc["state"] == STAGE_STATE[kill]:
                     time.sleep(0.2)
-                    for pid in replica_pids(kill):
+                    for pid in cluster.replica_pids(kill):
                         kill9(pid)
             wait_state(client, job_id, set())
             return time.monotonic() - t0
@@ -117,7 +117,7 @@ def main() -> int:
         ids.append(job_id)
         wait_state(client, job_id, {"reconstructing"})
         killed_at = time.time()
-        for pid in replica_pids("Ingress"):
+        for pid in cluster.replica_pids("Ingress"):
             kill9(pid)
         wait_state(client, job_id, set(), timeout_s=300)
         claims = [e for e in events(cluster.data_dir, job_id) if e["state"] == "preprocessing"]

@@ -189,7 +189,18 @@ def can_hide_paths() -> bool:
     return probe.returncode == 0
 
 
-def start_worker(
+def start_worker(head: LocalHead, *, attempts: int = 3, **kwargs) -> LocalWorker:
+    """`_start_worker`, tried again when Ray's own 30 s raylet start-up wait runs out (a loaded machine)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_worker(head, **kwargs)
+        except RuntimeError as exc:
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_worker(
     head: LocalHead,
     *,
     num_cpus: int,

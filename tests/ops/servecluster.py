@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from serve_app.launcher import pids_using
 from tests.ops.raycluster import (
     RAY_BIN,
     LocalHead,
@@ -53,7 +54,12 @@ class ClusterService:
         return self.base / "data"
 
     def replica_pids(self, deployment: str) -> list[int]:
-        return replica_pids(deployment)
+        """Live replica processes of `deployment` in THIS cluster (other clusters on the machine may run an
+        app of the same name): those descending from one of its nodes' processes."""
+        ours = set()
+        for temp_dir in (self.head.temp_dir, *(w.temp_dir for w in self.workers)):
+            ours.update(pids_using(temp_dir))
+        return [pid for pid in replica_pids(deployment) if _descends_from(pid, ours)]
 
 
 def service_config(
@@ -136,6 +142,20 @@ def replica_pids(deployment: str) -> list[int]:
         if marker in cmdline and b"ray::" in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def _descends_from(pid: int, ancestors: set[int], depth: int = 6) -> bool:
+    for _ in range(depth):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if pid in ancestors:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def sees(pid: int, path: Path) -> bool:

@@ -20,7 +20,7 @@ import pytest
 from serve_app.jobs import JobStore
 from tests.media import make_ring_video, png_bytes
 from tests.ops.raycluster import can_hide_paths
-from tests.ops.servecluster import cluster_service, kill9, replica_pids
+from tests.ops.servecluster import cluster_service, kill9
 
 pytestmark = [
     pytest.mark.ray,
@@ -147,7 +147,7 @@ def test_jobs_survive_killed_replicas_of_every_deployment_and_the_ingress(cluste
                 if any(d and d["state"] in wanted for d in docs):
                     break
                 time.sleep(0.1)
-            pids = replica_pids(target)
+            pids = cluster.replica_pids(target)
             if not pids:
                 continue
             kill9(rng.choice(pids))

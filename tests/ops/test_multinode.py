@@ -15,7 +15,7 @@ import trimesh
 
 from tests.media import make_ring_video, make_zip, png_bytes, ring_image
 from tests.ops.raycluster import can_hide_paths
-from tests.ops.servecluster import cluster_service, cpu_seconds, replica_pids, sees
+from tests.ops.servecluster import cluster_service, cpu_seconds, sees
 from tests.serve.conftest import TERMINAL
 from tests.serve.conftest import wait_terminal as _wait_terminal
 
@@ -65,8 +65,8 @@ def test_video_photos_and_zip_jobs_succeed_on_workers_that_cannot_see_the_data_d
             assert sum(len(g.faces) for g in scene.geometry.values()) > 0
 
     # Every worker replica ran in a namespace without the data dir; the ingress sees it and wrote the results.
-    ingress = replica_pids("Ingress")
-    workers = {name: replica_pids(name) for name in ("Preprocess", "Reconstruct", "Export")}
+    ingress = cluster.replica_pids("Ingress")
+    workers = {name: cluster.replica_pids(name) for name in ("Preprocess", "Reconstruct", "Export")}
     assert ingress and all(workers.values()), workers
     assert all(sees(pid, cluster.data_dir) for pid in ingress)
     for name, pids in workers.items():
@@ -81,7 +81,7 @@ def test_video_photos_and_zip_jobs_succeed_on_workers_that_cannot_see_the_data_d
 def test_cancelling_a_running_job_frees_the_reconstruct_replica_within_5_s(cluster, tmp_path):
     """8 frames at mc_resolution 320 keep the tiny model busy ~20 CPU s; a DELETE stops it between frames."""
     video = make_ring_video(tmp_path / "ring8.mp4", width=160, height=120, fps=12, duration_s=4.0).path
-    (pid,) = replica_pids("Reconstruct")
+    (pid,) = cluster.replica_pids("Reconstruct")
     with httpx.Client(base_url=cluster.url, timeout=60) as client:
         response = client.post(
             "/reconstruct", files={"video": ("ring8.mp4", video.read_bytes(), "video/mp4")},
@@ -104,7 +104,7 @@ def test_cancelling_a_running_job_frees_the_reconstruct_replica_within_5_s(clust
         time.sleep(2.0)
         used = cpu_seconds(pid) - idle_from
         done = client.get(f"/reconstruct/status/{job_id}").json()
-    assert replica_pids("Reconstruct") == [pid]  # the same replica, not a restart
+    assert cluster.replica_pids("Reconstruct") == [pid]  # the same replica, not a restart
     assert used < 0.3, (
         f"replica still used {used:.2f} CPU s in 2 s, 5 s after the cancel ({done['progress']})"
     )
