@@ -1,7 +1,10 @@
-"""Export deployment - CPU: fuse the per-frame meshes of one job into the result file's bytes.
+"""Export deployment - CPU: fuse the per-frame meshes of one job into the result file's bytes; also compares
+two reconstructions (`compare`).
 
 Meshes arrive as the compact arrays of `pipeline.meshcodec` and the result leaves as bytes plus the fusion
-report: this replica touches no shared disk; the ingress writes the job folder.
+report: this replica touches no shared disk; the ingress writes the job folder. A comparison takes and returns
+values too (two mesh files' bytes in; heat-map GLB, report and chart PNG out): it is the same kind of CPU mesh
+work as fusion, so it shares these replicas.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 from ray import serve
 
 from pipeline.meshcodec import MeshArrays
-from pipeline.params import JobParams
+from pipeline.params import CompareParams, JobParams
 from pipeline.runner import merge_arrays
 
 logger = logging.getLogger(__name__)
@@ -35,3 +38,16 @@ class Export:
         return await asyncio.to_thread(
             merge_arrays, meshes, scores, job_params, metadata=metadata, job_id=job_id
         )
+
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Returns {glb: bytes, report: dict, chart: bytes} (`pipeline.compare_export.compare_payload`)."""
+        from pipeline.compare_export import compare_payload
+
+        options = CompareParams.from_mapping(params)
+        logger.info("compare job_id=%s bytes=%d+%d", job_id, len(reference), len(candidate))
+        return await asyncio.to_thread(
+            compare_payload, reference, candidate, object_size_m=options.object_size_m,
+            threshold_mm=options.threshold_mm,
+        )  # fmt: skip

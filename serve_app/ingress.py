@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pipeline.params import JobParams
 from serve_app import errors as se
-from serve_app.jobs import TERMINAL, Job, JobState, JobStore, new_job_id
+from serve_app.jobs import TERMINAL, Job, JobKind, JobState, JobStore, new_job_id
 from serve_app.metrics import ServiceMetrics
 from serve_app.orchestrator import Orchestrator, Workers
 from serve_app.settings import Settings
@@ -228,6 +228,34 @@ class Service:
             raise se.InvalidInput(f"output_glb_path {raw!r} is a folder; give a file path")
         return path
 
+    async def compare(self, request: Request) -> Response:
+        """POST /compare: two job ids (JSON) or two mesh files (multipart) -> a queued compare job, 202."""
+        from serve_app.compare_jobs import stage_request
+
+        self.authorize(request.headers)
+        failed = [p.public for p in await self.workers.unavailable() if p.failed]
+        if failed:
+            raise se.NotReady(f"the service cannot take jobs: {'; '.join(failed)}")
+        counts = await asyncio.to_thread(self.jobs.counts)
+        if counts[JobState.QUEUED.value] >= self.settings.max_queued_jobs:
+            raise se.Overloaded(
+                f"{counts['queued']} jobs are queued (limit {self.settings.max_queued_jobs}); retry later",
+                headers={"Retry-After": "30"},
+            )
+        job_id = new_job_id()
+        job_dir = self.settings.jobs_dir / job_id
+        try:
+            params = await stage_request(request, job_dir, self.jobs, self.settings)
+            job, _ = await asyncio.to_thread(
+                self.jobs.create, params, kind=JobKind.COMPARE, job_id=job_id,
+                input_path=str(job_dir / "input"), input_kind="meshes",
+            )  # fmt: skip
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            raise
+        self.runner.wake()
+        return self._accepted(request, job, replayed=False)
+
     async def status(self, request: Request) -> Response:
         self.authorize(request.headers)
         job = await self.get_job(request.path_params["job_id"])
@@ -241,7 +269,17 @@ class Service:
         if job.state == JobState.SUCCEEDED:
             if job.files_removed_at is not None or not job.result_path or not Path(job.result_path).is_file():
                 raise se.ResultExpired(f"the result of job {job.id} was removed after the retention period")
-            fmt = job.params.format.value
+            part = request.query_params.get("part")
+            if part is not None:
+                from serve_app.compare_jobs import result_part
+
+                path, inline, media = result_part(job, part, self.settings.jobs_dir)
+                if path is None:
+                    return JSONResponse(inline)
+                return FileResponse(
+                    path, media_type=media, headers={"Cache-Control": "private, max-age=3600"}
+                )
+            fmt = "glb" if job.kind == JobKind.COMPARE else job.params.format.value
             return FileResponse(
                 job.result_path, media_type=MEDIA_TYPES[fmt], filename=f"{job.id}.{fmt}",
                 headers={"Cache-Control": "private, max-age=3600"},
@@ -316,7 +354,16 @@ class Service:
                 raise se.InvalidParameter(f"state: {raw!r} is not one of {choices}") from None
         limit = _int_query(query.get("limit"), "limit", 50, 1, 500)
         offset = _int_query(query.get("offset"), "offset", 0, 0, 10**9)
-        jobs, total = await asyncio.to_thread(self.jobs.list, states=states, limit=limit, offset=offset)
+        kind = None
+        if query.get("kind"):
+            try:
+                kind = JobKind(query["kind"].strip().lower())
+            except ValueError:
+                choices = ", ".join(k.value for k in JobKind)
+                raise se.InvalidParameter(f"kind: {query['kind']!r} is not one of {choices}") from None
+        jobs, total = await asyncio.to_thread(
+            self.jobs.list, states=states, limit=limit, offset=offset, kind=kind
+        )
         root = request.scope.get("root_path", "").rstrip("/")
         items = []
         for job in jobs:
@@ -376,6 +423,7 @@ def build_app(settings: Settings, workers: Workers, metrics: ServiceMetrics | No
     service = Service(settings, workers, metrics)
     routes = [
         Route("/reconstruct", service.submit, methods=["POST"]),
+        Route("/compare", service.compare, methods=["POST"]),
         Route("/reconstruct/status/{job_id}", service.status, methods=["GET"]),
         Route("/reconstruct/result/{job_id}", service.result, methods=["GET"]),
         Route("/reconstruct/events/{job_id}", service.events, methods=["GET"]),

@@ -28,7 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import JobParams
+from pipeline.params import CompareParams, JobParams
 from serve_app.errors import JobAlreadyFinished, JobNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class JobState(str, Enum):
     PREPROCESSING = "preprocessing"
     RECONSTRUCTING = "reconstructing"
     MERGING = "merging"
+    COMPARING = "comparing"  # a compare job's one stage
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -51,11 +52,24 @@ class JobState(str, Enum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE = frozenset({JobState.PREPROCESSING, JobState.RECONSTRUCTING, JobState.MERGING})
+ACTIVE = frozenset({JobState.PREPROCESSING, JobState.RECONSTRUCTING, JobState.MERGING, JobState.COMPARING})
+
+
+class JobKind(str, Enum):
+    """What a job does; a compare job runs queued -> comparing -> succeeded | failed | cancelled."""
+
+    RECONSTRUCT = "reconstruct"
+    COMPARE = "compare"
+
+
+# The state a claimed job enters, per kind.
+FIRST_STATE = {JobKind.RECONSTRUCT: JobState.PREPROCESSING, JobKind.COMPARE: JobState.COMPARING}
 
 # Active -> QUEUED is the re-run of a job orphaned by a crash or restart.
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.PREPROCESSING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.QUEUED: frozenset(
+        {JobState.PREPROCESSING, JobState.COMPARING, JobState.FAILED, JobState.CANCELLED}
+    ),
     JobState.PREPROCESSING: frozenset(
         {JobState.RECONSTRUCTING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
     ),
@@ -63,6 +77,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
         {JobState.MERGING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
     ),
     JobState.MERGING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
+    JobState.COMPARING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -74,6 +89,7 @@ STAGE_OF = {
     JobState.PREPROCESSING: "preprocess",
     JobState.RECONSTRUCTING: "reconstruct",
     JobState.MERGING: "merge",
+    JobState.COMPARING: "compare",
 }
 
 
@@ -134,6 +150,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
     """,
+    # 4: job kinds (compare jobs beside reconstructions); existing rows are reconstructions
+    """
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'reconstruct';
+    CREATE INDEX jobs_kind_created ON jobs (kind, created_at);
+    """,
 ]
 
 _JSON_FIELDS = ("frames", "report", "timings", "warnings")
@@ -163,7 +184,7 @@ class Job:
     state: JobState
     stage: str
     progress: float
-    params: JobParams
+    params: JobParams | CompareParams
     input_path: str | None
     input_kind: str | None
     output_path: str | None
@@ -184,6 +205,7 @@ class Job:
     finished_at: float | None = None
     files_removed_at: float | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
+    kind: JobKind = JobKind.RECONSTRUCT
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -191,7 +213,9 @@ class Job:
         for name in _JSON_FIELDS:
             data[name] = json.loads(data[name])
         data["state"] = JobState(data["state"])
-        data["params"] = JobParams.from_mapping(json.loads(data["params"]))
+        data["kind"] = JobKind(data["kind"])
+        params_cls = CompareParams if data["kind"] == JobKind.COMPARE else JobParams
+        data["params"] = params_cls.from_mapping(json.loads(data["params"]))
         data["cancel_requested"] = bool(data["cancel_requested"])
         return cls(**data)
 
@@ -203,6 +227,7 @@ class Job:
         """The status document of the HTTP API (no server paths)."""
         return {
             "job_id": self.id,
+            "kind": self.kind.value,
             "state": self.state.value,
             "stage": self.stage,
             "progress": round(self.progress, 4),
@@ -309,13 +334,22 @@ class JobStore:
         return Job.from_row(row)
 
     def list(
-        self, *, states: list[JobState] | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        states: list[JobState] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        kind: JobKind | None = None,
     ) -> tuple[list[Job], int]:
         """Newest first; returns (page, total matching)."""
-        where, args = "", []
+        clauses, args = [], []
         if states:
-            where = f"WHERE state IN ({','.join('?' * len(states))})"
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
             args = [s.value for s in states]
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind.value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         conn = self._conn()
         total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
         rows = conn.execute(
@@ -351,8 +385,9 @@ class JobStore:
     # -- writes --------------------------------------------------------------------------------------------
     def create(
         self,
-        params: JobParams,
+        params: JobParams | CompareParams,
         *,
+        kind: JobKind = JobKind.RECONSTRUCT,
         job_id: str | None = None,
         input_path: str | None = None,
         input_kind: str | None = None,
@@ -370,13 +405,15 @@ class JobStore:
                 if row is not None:
                     return Job.from_row(row), False
             conn.execute(
-                "INSERT INTO jobs (id, state, stage, progress, params, input_path, input_kind, output_path, "
-                "idempotency_key, created_at, updated_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, JobState.QUEUED.value, STAGE_OF[JobState.QUEUED], json.dumps(params.to_dict()),
-                 input_path, input_kind, output_path, idempotency_key, now, now),
+                "INSERT INTO jobs (id, kind, state, stage, progress, params, input_path, input_kind, "
+                "output_path, idempotency_key, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind.value, JobState.QUEUED.value, STAGE_OF[JobState.QUEUED],
+                 json.dumps(params.to_dict()), input_path, input_kind, output_path, idempotency_key,
+                 now, now),
             )  # fmt: skip
             self._event(conn, job_id, JobState.QUEUED, "queue", 0.0, None, now)
-        logger.info("job created job_id=%s kind=%s", job_id, input_kind)
+        logger.info("job created job_id=%s kind=%s input=%s", job_id, kind.value, input_kind)
         return self.get(job_id), True
 
     def transition(
@@ -464,19 +501,21 @@ class JobStore:
         return self.get(job_id)
 
     def claim_next(self, owner: str) -> Job | None:
-        """Atomically move the oldest queued job to `preprocessing` for `owner`; None if none is queued."""
+        """Atomically move the oldest queued job to its first state (`FIRST_STATE`: preprocessing, or
+        comparing) for `owner`; None if none is queued."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1",
+                "SELECT id, kind FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1",
                 (JobState.QUEUED.value,),
             ).fetchone()
             if row is None:
                 return None
             job_id = row["id"]
+            first = FIRST_STATE[JobKind(row["kind"])]
             self._transition_in(
-                conn, job_id, JobState.PREPROCESSING, expect=JobState.QUEUED, owner=owner, heartbeat_at=now,
-                started_at=now, progress=0.0, error_code=None, error_message=None,
+                conn, job_id, first, expect=JobState.QUEUED, owner=owner, heartbeat_at=now, started_at=now,
+                progress=0.0, error_code=None, error_message=None,
             )  # fmt: skip
             conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
         logger.info("job_id=%s claimed by %s", job_id, owner)

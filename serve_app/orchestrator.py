@@ -29,8 +29,9 @@ from pathlib import Path
 from pipeline.files import write_atomic
 from pipeline.runner import InputFiles, job_report
 from serve_app.checkpoints import Checkpoints
+from serve_app.compare_jobs import run_compare
 from serve_app.errors import StoreUnavailable, job_error_from_exception
-from serve_app.jobs import InvalidTransition, Job, JobState, JobStore, LostOwnership
+from serve_app.jobs import InvalidTransition, Job, JobKind, JobState, JobStore, LostOwnership
 from serve_app.metrics import ServiceMetrics
 from serve_app.settings import Settings
 from serve_app.workers import LocalWorkers, RetryingWorkers, RetryPolicy, ServeWorkers, Workers
@@ -216,7 +217,10 @@ class Orchestrator:
         self._retries[job_id] = {}
         final = JobState.FAILED
         try:
-            await asyncio.wait_for(self._stages(job, timings), timeout=self.settings.job_timeout_s)
+            stages = (
+                run_compare(self, job, timings) if job.kind == JobKind.COMPARE else self._stages(job, timings)
+            )
+            await asyncio.wait_for(stages, timeout=self.settings.job_timeout_s)
             final = JobState.SUCCEEDED
         except asyncio.CancelledError:
             final = await self._on_cancelled(job_id, timings)

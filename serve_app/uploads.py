@@ -50,8 +50,12 @@ def safe_filename(name: str, index: int) -> str:
     return f"{index:03d}_{base}"
 
 
-async def receive_multipart(request: Request, dest: Path, *, limit_bytes: int, max_files: int) -> Upload:
-    """Parse a multipart/form-data body into `dest`; 400/413 service errors on malformed or oversize input."""
+async def receive_multipart(
+    request: Request, dest: Path, *, limit_bytes: int, max_files: int,
+    file_fields: tuple[str, ...] = FILE_FIELDS,
+) -> Upload:  # fmt: skip
+    """Parse a multipart/form-data body into `dest`; 400/413 service errors on malformed or oversize input.
+    Files are accepted in `file_fields` only."""
     content_type = request.headers.get("content-type", "")
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -99,10 +103,10 @@ async def receive_multipart(request: Request, dest: Path, *, limit_bytes: int, m
         state["name"] = name.decode("utf-8", "replace")
         filename = opts.get(b"filename")
         if filename is not None:
-            if state["name"] not in FILE_FIELDS:
+            if state["name"] not in file_fields:
                 errors.append(InvalidInput(
                     f"unexpected file field {state['name']!r}; "
-                    f"send the input as one of {', '.join(FILE_FIELDS)}"
+                    f"send the input as one of {', '.join(file_fields)}"
                 ))  # fmt: skip
                 return
             if len(upload.files) >= max_files:

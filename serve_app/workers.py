@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from pipeline.meshcodec import MeshArrays
-from pipeline.params import JobParams
+from pipeline.params import CompareParams, JobParams
 from pipeline.runner import InputFiles
 from serve_app.capacity import WORKER_DEPLOYMENTS
 from serve_app.errors import WorkerCrashed
@@ -41,6 +41,11 @@ STATUS_TTL_S = 2.0  # how stale the ingress's view of the worker deployments may
 class Workers(Protocol):
     async def unavailable(self) -> list[DeploymentProblem]:
         """Worker deployments that cannot take work now (for /readyz and submissions)."""
+
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        """Two mesh files' bytes -> {glb: bytes, report: dict, chart: bytes} (a compare job's one stage)."""
 
     async def preprocess(self, job_id: str, files: InputFiles, params: JobParams) -> dict[str, Any]:
         """-> {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str}"""
@@ -82,6 +87,12 @@ class ServeWorkers:
             self._problems = (time.monotonic(), problems)
         return problems
 
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        # on the Export deployment's CPU replicas: the same kind of mesh work as fusion, no new deployment
+        return await _serve_call(self._export.compare.remote(job_id, reference, candidate, params.to_dict()))
+
     async def preprocess(self, job_id: str, files: InputFiles, params: JobParams) -> dict[str, Any]:
         return await _serve_call(self._preprocess.remote(job_id, files, params.to_dict()))
 
@@ -114,6 +125,16 @@ class LocalWorkers:
 
     async def unavailable(self) -> list[DeploymentProblem]:
         return []  # built in this process: running, or it would not exist
+
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        from pipeline.compare_export import compare_payload
+
+        return await asyncio.to_thread(
+            compare_payload, reference, candidate, object_size_m=params.object_size_m,
+            threshold_mm=params.threshold_mm,
+        )  # fmt: skip
 
     async def preprocess(self, job_id: str, files: InputFiles, params: JobParams) -> dict[str, Any]:
         from deployments.cancel import run_stoppable
@@ -183,7 +204,10 @@ class RetryPolicy:
 
 OnRetry = Callable[[str, str, int], Awaitable[None]]  # (job_id, stage, failed attempt number)
 
-STAGE_WORDS = {"preprocess": "frame preparation", "reconstruct": "3D reconstruction", "export": "mesh fusion"}
+STAGE_WORDS = {
+    "preprocess": "frame preparation", "reconstruct": "3D reconstruction", "export": "mesh fusion",
+    "compare": "mesh comparison",
+}  # fmt: skip
 
 
 class RetryingWorkers:
@@ -220,6 +244,13 @@ class RetryingWorkers:
                     await self.on_retry(job_id, stage, attempt)
                 await asyncio.sleep(self.policy.delay_s(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        return await self._call(
+            job_id, "compare", lambda n: self.workers.compare(job_id, reference, candidate, params)
+        )
 
     async def preprocess(self, job_id: str, files: InputFiles, params: JobParams) -> dict[str, Any]:
         return await self._call(
