@@ -165,3 +165,18 @@ def _staged(folder: Path, name: str) -> Path:
     if not matches:
         raise RuntimeError(f"compare input {name} is missing")
     return matches[0]
+
+
+def result_part(job: Job, part: str, jobs_dir: Path) -> tuple[Path | None, Any, str]:
+    """(file, or None with an inline JSON body, media type) of `?part=` of a succeeded job."""
+    if part not in PARTS:
+        raise se.InvalidParameter(f"part: {part!r} is not one of {', '.join(PARTS)}")
+    name, media = PARTS[part]
+    path = jobs_dir / job.id / name
+    if job.kind == JobKind.RECONSTRUCT:
+        if part != "report":
+            raise se.InvalidParameter(f"part: {part!r} exists for compare jobs only")
+        return (path, None, media) if path.is_file() else (None, job.report, media)
+    if not path.is_file():
+        raise se.ResultExpired(f"the {part} of job {job.id} was removed after the retention period")
+    return path, None, media

@@ -522,24 +522,21 @@ class JobStore:
         return self.get(job_id)
 
     def heartbeat(self, owner: str, job_ids: Iterable[str]) -> set[str]:
-        """Mark the given running jobs of `owner` alive; returns those it no longer owns (the runner must stop
-        them: another replica took them over, or they ended)."""
+        """Mark the given running jobs of `owner` alive; returns those it lost (re-queued or taken over by
+        another replica: the runner must stop them). Jobs that just ended are neither."""
         ids = list(job_ids)
         if not ids:
             return set()
-        active = [s.value for s in ACTIVE]
+        active = {s.value for s in ACTIVE}
         with self._write() as conn:
-            owned = {
-                r["id"]
-                for r in conn.execute(
-                    f"SELECT id FROM jobs WHERE owner = ? AND state IN ({','.join('?' * len(active))}) "
-                    f"AND id IN ({','.join('?' * len(ids))})",
-                    (owner, *active, *ids),
-                )
-            }
+            rows = conn.execute(
+                f"SELECT id, owner, state FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids
+            ).fetchall()
+            owned = [r["id"] for r in rows if r["owner"] == owner and r["state"] in active]
             now = time.time()
             conn.executemany("UPDATE jobs SET heartbeat_at = ? WHERE id = ?", [(now, i) for i in owned])
-        return set(ids) - owned
+        terminal = {s.value for s in TERMINAL}
+        return {r["id"] for r in rows if r["id"] not in owned and r["state"] not in terminal}
 
     def request_cancel(self, job_id: str) -> Job:
         """Queued jobs are cancelled at once, active ones flagged for their runner; cancelled is a no-op."""

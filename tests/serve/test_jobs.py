@@ -188,6 +188,8 @@ def test_heartbeat_reports_jobs_the_runner_no_longer_owns(store):
     other, _ = store.create(JobParams())
     store.claim_next("someone-else")
     assert store.heartbeat("me", [mine.id, other.id]) == {other.id}
+    store.transition(mine.id, JobState.FAILED, owned_by="me")
+    assert store.heartbeat("me", [mine.id]) == set()  # ended by its runner: not lost, just done
 
 
 def test_recovered_job_cannot_be_written_by_its_old_owner(store):
