@@ -62,7 +62,8 @@ def preprocess_payload(
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """`preprocess_stage` packed as the message a job's driver receives (from a replica or in-process):
-    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str, warnings: [{code, message}]}."""
+    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str, warnings: [{code, message}],
+    thumbnails: [JPEG bytes | None] per report}."""
     result = preprocess_stage(input_path, params, remover, should_stop)
     return {
         "frames": np.ascontiguousarray(result.frames, np.uint8),
@@ -70,6 +71,7 @@ def preprocess_payload(
         "reports": [r.to_dict() for r in result.reports],
         "kind": str(getattr(result.kind, "value", result.kind)),
         "warnings": list(result.warnings),
+        "thumbnails": result.thumbnails,
     }
 
 

@@ -31,6 +31,7 @@ from pipeline.runner import InputFiles, job_report
 from serve_app.checkpoints import Checkpoints
 from serve_app.compare_jobs import run_compare
 from serve_app.errors import StoreUnavailable, job_error_from_exception
+from serve_app.frame_images import save_frame_images
 from serve_app.jobs import InvalidTransition, Job, JobKind, JobState, JobStore, LostOwnership
 from serve_app.metrics import ServiceMetrics
 from serve_app.settings import Settings
@@ -314,6 +315,7 @@ class Orchestrator:
             files = await asyncio.to_thread(read_input, Path(job.input_path))
             pre = await self.workers.preprocess(job_id, files, params)
             del files
+            await asyncio.to_thread(save_frame_images, job_dir, pre.pop("thumbnails", None))
             await asyncio.to_thread(checkpoints.save_preprocessed, pre)
             timings["preprocess"] = round(time.perf_counter() - t0, 4)
             self.metrics.stage("preprocess", timings["preprocess"])

@@ -71,3 +71,42 @@ def pytest_unconfigure(config):
         else:
             os.environ[key] = value
     shutil.rmtree(getattr(config, "_ray_auth_dir", ""), ignore_errors=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One small local Ray cluster for the session: a logical GPU so fractional-GPU replicas schedule on CPU.
+
+    Yields the Prometheus metrics port. Ray's footprint is bounded: 6 logical CPUs (for the 5 replicas; on a
+    2-core machine they mostly wait on each other), a 256 MB object store, no dashboard UI,
+    metrics reported every second.
+    """
+    import ray
+    from ray import serve
+
+    root = ROOT
+    metrics_port = free_port()
+    ray.init(
+        num_cpus=6,
+        num_gpus=1,
+        object_store_memory=256 * 1024**2,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+        runtime_env={"env_vars": {"PYTHONPATH": str(root)}},
+        log_to_driver=False,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    try:
+        yield metrics_port
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,7 +1,7 @@
 """Fixtures for the service tests: generated media, the real tiny model + u2netp, settings, a client.
 
 Nothing here is mocked: `LocalWorkers` runs the real pipeline stages in-process for the Starlette tests; the
-Ray tests (test_e2e.py) share one local cluster per session from `ray_cluster`.
+Ray tests (test_e2e.py) share one local cluster per session from `ray_cluster` (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -125,42 +125,3 @@ def make_client(tiny_model, remover):
 @pytest.fixture
 def client(make_client, settings):
     return make_client(settings)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One small local Ray cluster for the session: a logical GPU so fractional-GPU replicas schedule on CPU.
-
-    Yields the Prometheus metrics port. Ray's footprint is bounded: 6 logical CPUs (for the 5 replicas; on a
-    2-core machine they mostly wait on each other), a 256 MB object store, no dashboard UI,
-    metrics reported every second.
-    """
-    import ray
-    from ray import serve
-
-    root = Path(__file__).resolve().parents[2]
-    metrics_port = free_port()
-    ray.init(
-        num_cpus=6,
-        num_gpus=1,
-        object_store_memory=256 * 1024**2,
-        include_dashboard=False,
-        _metrics_export_port=metrics_port,
-        _system_config={"metrics_report_interval_ms": 1000},
-        runtime_env={"env_vars": {"PYTHONPATH": str(root)}},
-        log_to_driver=False,
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-    try:
-        yield metrics_port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
