@@ -1,46 +1,42 @@
-"""Export deployment - CPU: fuse the per-frame meshes of one job and write the result into its job folder;
-also compares two reconstructions (`compare`).
+"""Export deployment - CPU: fuse the per-frame meshes of one job into the result file's bytes; also compares
+two reconstructions (`compare`).
 
-Meshes arrive as paths (npz files written by the reconstruct deployment) and the result leaves as a path: no
-mesh rides through the ingress. A comparison takes and returns values (two mesh files' bytes in; heat-map GLB,
-report and chart PNG out): it is the same kind of CPU mesh work as fusion, so it shares these replicas.
+Meshes arrive as the compact arrays of `pipeline.meshcodec` and the result leaves as bytes plus the fusion
+report: this replica touches no shared disk; the ingress writes the job folder. A comparison takes and returns
+values too (two mesh files' bytes in; heat-map GLB, report and chart PNG out): it is the same kind of CPU mesh
+work as fusion, so it shares these replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+from pipeline.meshcodec import MeshArrays
 from pipeline.params import CompareParams, JobParams
-from pipeline.runner import merge_files
-from serve_app.settings import Settings
+from pipeline.runner import merge_arrays
 
 logger = logging.getLogger(__name__)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1, "num_gpus": 0}, max_ongoing_requests=2)
 class Export:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
     async def __call__(
         self,
         job_id: str,
-        mesh_paths: list[str],
+        meshes: list[MeshArrays],
         scores: list[float] | None,
         params: dict[str, Any],
-        result_path: str,
         metadata: dict[str, Any],
     ) -> dict[str, Any]:
-        """Returns {result_path: str, report: dict}."""
-        logger.info("export job_id=%s meshes=%d", job_id, len(mesh_paths))
+        """Returns {data: bytes (GLB/OBJ/PLY), report: dict}."""
+        logger.info("export job_id=%s meshes=%d", job_id, len(meshes))
         job_params = JobParams.from_mapping(params)
         return await asyncio.to_thread(
-            merge_files, mesh_paths, scores, job_params, Path(result_path), metadata=metadata, job_id=job_id
+            merge_arrays, meshes, scores, job_params, metadata=metadata, job_id=job_id
         )
 
     async def compare(

@@ -5,6 +5,11 @@ into one `encode` call; batch size and wait are `user_config` knobs (`reconfigur
 restart. When the replica holds a fraction of a GPU, torch's caching allocator is capped to that fraction so
 two replicas sharing a card cannot starve each other. `batch_stats()` reports which jobs each batch held
 (proof of cross-job batching).
+
+Each frame's mesh goes back as the compact arrays of `pipeline.meshcodec` (no file, no shared disk). `single`
+is the unbatched entry the driver's retries use after a lost call: a frame retried alone cannot take other
+jobs' frames down with it if it is what kills the replica. A cancelled request's frame is skipped between
+frames of its batch (`await_stoppable`).
 """
 
 from __future__ import annotations
@@ -14,17 +19,19 @@ import collections
 import logging
 import math
 import os
-from pathlib import Path
+import threading
 from typing import Any
 
 import numpy as np
 import ray
 from ray import serve
 
+from deployments import faults
+from deployments.cancel import await_stoppable
+from deployments.metrics import batch_size_histogram
+from deployments.options import ReconstructOptions
+from pipeline.meshcodec import MeshArrays, encode_mesh
 from pipeline.reconstructor import Reconstructor
-from pipeline.runner import save_mesh
-from serve_app.metrics import batch_size_histogram
-from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +45,17 @@ DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
     health_check_period_s=30,
 )
 class Reconstruct:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, options: ReconstructOptions) -> None:
         import torch
 
         from triposr import load_model
 
         assigned = ray.get_runtime_context().get_assigned_resources()
         gpu_share = float(assigned.get("GPU", 0.0))
-        torch.set_num_threads(settings.torch_threads or max(1, math.ceil(assigned.get("CPU", 1))))
+        torch.set_num_threads(options.torch_threads or max(1, math.ceil(assigned.get("CPU", 1))))
         self.model = load_model(
-            settings.model_source, device=settings.model_device, half=settings.model_half,
-            chunk_size=settings.chunk_size,
+            options.model_source, device=options.model_device, half=options.model_half,
+            chunk_size=options.chunk_size,
         )  # fmt: skip
         if self.model.device.type == "cuda" and 0 < gpu_share < 1:
             torch.cuda.set_per_process_memory_fraction(gpu_share, self.model.device)
@@ -59,6 +66,7 @@ class Reconstruct:
         self._lock = self._recon.device_lock  # the health probe skips while the device is busy
         self._batches: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self._batch_hist = batch_size_histogram()
+        self._faults = faults.armed()  # test-only, see deployments/faults.py
         # Warm-up encode: first-call costs leave the request path, and its scene code feeds the health probe.
         grey = np.full((64, 64, 3), 128, np.uint8)
         with torch.inference_mode():
@@ -74,34 +82,50 @@ class Reconstruct:
             "batching: max_batch_size=%s wait=%ss", cfg["max_batch_size"], cfg["batch_wait_timeout_s"]
         )
 
-    async def __call__(
-        self, job_id: str, frame: np.ndarray, mesh_path: str, mc_resolution: int
-    ) -> dict[str, Any]:
-        """One frame -> its mesh written to `mesh_path`; returns {mesh_path, vertices, faces, batch_size}."""
-        return await self._batched(job_id, frame, mesh_path, mc_resolution)
+    async def __call__(self, job_id: str, frame: np.ndarray, mc_resolution: int) -> MeshArrays:
+        """One frame uint8 (512, 512, 3) -> its mesh as codec arrays; batched with other requests' frames."""
+        return await await_stoppable(lambda stop: self._batched(job_id, frame, mc_resolution, stop))
+
+    async def single(self, job_id: str, frame: np.ndarray, mc_resolution: int) -> MeshArrays:
+        """The same work without batching (retries after a lost call run a frame on its own)."""
+        logger.info("single-frame retry job_id=%s", job_id)
+        stop = threading.Event()
+        try:
+            (out,) = await asyncio.to_thread(self._run, [job_id], [frame], [mc_resolution], [stop])
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        return out
 
     @serve.batch(
         max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=0.05, max_concurrent_batches=2
     )
     async def _batched(
-        self, job_ids: list[str], frames: list[np.ndarray], mesh_paths: list[str], resolutions: list[int]
-    ) -> list[dict[str, Any]]:
+        self,
+        job_ids: list[str],
+        frames: list[np.ndarray],
+        resolutions: list[int],
+        stops: list[threading.Event],
+    ) -> list[MeshArrays | None]:
         jobs = collections.Counter(job_ids)
         self._batches.append({"size": len(frames), "jobs": dict(jobs)})
         self._batch_hist.observe(len(frames))
         logger.info("batch of %d frames from %d job(s): %s", len(frames), len(jobs), dict(jobs))
-        return await asyncio.to_thread(self._run, frames, mesh_paths, resolutions, len(frames))
+        return await asyncio.to_thread(self._run, job_ids, frames, resolutions, stops)
 
     def _run(
-        self, frames: list[np.ndarray], mesh_paths: list[str], resolutions: list[int], batch_size: int
-    ) -> list[dict[str, Any]]:
-        meshes = self._recon.reconstruct(frames, resolutions)  # holds the device only for device work
-        out = []
-        for mesh, path in zip(meshes, mesh_paths, strict=True):
-            save_mesh(mesh, Path(path))
-            out.append({"mesh_path": path, "vertices": len(mesh.vertices), "faces": len(mesh.faces),
-                        "batch_size": batch_size})  # fmt: skip
-        return out
+        self,
+        job_ids: list[str],
+        frames: list[np.ndarray],
+        resolutions: list[int],
+        stops: list[threading.Event],
+    ) -> list[MeshArrays | None]:
+        if self._faults:
+            faults.exit_on_poison(frames, job_ids)
+        # Holds the device only for device work; a cancelled request's frame is dropped between steps.
+        meshes = self._recon.reconstruct(frames, resolutions, skip=lambda i: stops[i].is_set())
+        # A skipped frame's caller was cancelled and is gone: None is never read.
+        return [None if m is None else encode_mesh(m) for m in meshes]
 
     def batch_stats(self) -> dict[str, Any]:
         """Batches seen by this replica: how many, their sizes, and how many mixed frames of several jobs."""

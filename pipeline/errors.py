@@ -75,3 +75,7 @@ class CompareError(PipelineError):
     """Two meshes cannot be compared: different objects, a mirror image, or no alignment near the noise."""
 
     code = "not_comparable"
+
+
+class StageCancelled(Exception):
+    """A stage saw its caller's cancel signal between frames and stopped (not a user-facing error)."""

@@ -1,6 +1,7 @@
 """Write a fusion result as a web-ready file: GLB (default), OBJ or PLY (pure Python, no Ray).
 
-`export_result(result, path, format=..., metadata=..., object_size_m=..., target_faces=...) -> Path`
+`export_bytes(result, format=..., metadata=..., object_size_m=..., target_faces=...) -> bytes` (what the
+export deployment returns) and `export_result(result, path, ...) -> Path` (the same bytes written atomically).
 
 * Orientation: TripoSR meshes are Z-up with the camera on +X. glTF is Y-up with the asset's front facing +Z,
   so every format is written with (x, y, z) -> (y, z, x): upright in three.js / model-viewer, and the side the
@@ -12,7 +13,7 @@
   as `scene.metadata`); OBJ/PLY carry none (the service keeps report.json beside the mesh).
 * Post-processing, in this order: decimation to about `target_faces` (fast-simplification, quadric), then a
   uniform scale so the largest dimension is `object_size_m` metres (glTF units are metres).
-* Files are written atomically: a temporary file in the same folder, fsync, then rename.
+* Files are written atomically (`pipeline.files.write_atomic`).
 
 The GLB is built with pygltflib (accessors, bufferViews, one binary buffer) rather than exported by trimesh,
 whose exporter always stores COLOR_0 as 8-bit. pygltflib's JSON writer drops null and empty values
@@ -25,7 +26,6 @@ import enum
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ import pygltflib
 import trimesh
 
 from pipeline.errors import InvalidParameter
+from pipeline.files import write_atomic
 from pipeline.params import OBJECT_SIZE_M_RANGE, TARGET_FACES_RANGE, MeshFormat
 
 if TYPE_CHECKING:
@@ -71,12 +72,29 @@ def export_result(
     object_size_m: float | None = None,
     target_faces: int | None = None,
 ) -> Path:
-    """Write `result` (mesh or scene) to `path` and return it.
+    """Write `result` (mesh or scene) to `path` atomically and return it; see `export_bytes`."""
+    path = Path(path)
+    data = export_bytes(
+        result, format=format, metadata=metadata, object_size_m=object_size_m, target_faces=target_faces
+    )
+    write_atomic(path, data)
+    logger.info("exported %s (%d bytes) to %s", format, len(data), path)
+    return path
+
+
+def export_bytes(
+    result: FusionResult,
+    *,
+    format: MeshFormat | str = MeshFormat.GLB,
+    metadata: dict | None = None,
+    object_size_m: float | None = None,
+    target_faces: int | None = None,
+) -> bytes:
+    """The file bytes of `result` (mesh or scene) in `format`.
 
     Parameters
     ----------
     result : FusionResult from `pipeline.fusion.fuse_meshes` (native Z-up frame).
-    path : destination file; its folder must exist. Replaced atomically.
     format : glb | obj | ply.
     metadata : JSON-able job data (parameters, model id, ...) stored in the GLB's scene extras under "job".
     object_size_m : scale so the largest dimension is this many metres (TripoSR has no metric scale).
@@ -86,7 +104,6 @@ def export_result(
     ------
     InvalidParameter : bad format, object_size_m or target_faces, or metadata that is not JSON-able.
     """
-    path = Path(path)
     try:
         format = MeshFormat(str(getattr(format, "value", format)).lower())
     except ValueError:
@@ -136,9 +153,8 @@ def export_result(
         data = glb_bytes(parts, extras)
     else:
         data = _trimesh_bytes(parts, format)
-    _write_atomic(path, data)
-    logger.info("exported %s faces=%d to %s", format.value, export_info["faces"], path)
-    return path
+    logger.info("exported %s faces=%d", format.value, export_info["faces"])
+    return data
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
@@ -280,21 +296,6 @@ def _trimesh_bytes(parts: list[tuple[str, trimesh.Trimesh]], format: MeshFormat)
     mesh = parts[0][1] if len(parts) == 1 else trimesh.util.concatenate([m for _, m in parts])
     data = mesh.export(file_type=format.value)
     return data.encode("utf-8") if isinstance(data, str) else data
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the destination folder, fsync, then rename over `path` (never a partial
-    file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.errors import InvalidInput, InvalidParameter, NoUsableFrames
+from pipeline.errors import InvalidInput, InvalidParameter, NoUsableFrames, StageCancelled
 from pipeline.frames import (
     Candidate,
     grey_thumbnails,
@@ -104,6 +104,7 @@ def preprocess_input(
     remover: BackgroundRemover | None = None,
     size: int = 512,
     strict: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Preprocessed:
     """Turn a video, an image, a folder or list of images, or a zip of images into framed RGB frames.
 
@@ -118,6 +119,8 @@ def preprocess_input(
     strict : refuse the input when no candidate passes the framing checks. Otherwise (photos are often all a
         user has) the best candidate that shows an object cut by the border or small in the picture is used,
         and `warnings` says what was wrong and how to film better.
+    should_stop : asked before each candidate is matted; True raises StageCancelled (a cancelled job stops
+        using the CPU between frames).
 
     Returns Preprocessed (see its fields). Raises InvalidInput (and subclasses) for unreadable or unsafe
     input, InvalidParameter for out-of-range arguments, NoUsableFrames when every candidate was rejected.
@@ -143,6 +146,8 @@ def preprocess_input(
     for cand in candidates:
         thumbnails.append(None if cand.image is None else jpeg_thumbnail(cand.image))
         fraction: float | None = None
+        if should_stop is not None and should_stop():
+            raise StageCancelled("preprocessing stopped: the request was cancelled")
         framed: np.ndarray | None = None
         if cand.reason is None:
             framed, fraction, cand.reason = _frame(cand, foreground_ratio, size, remove_background, remover)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     import trimesh
 
     from triposr import TripoSR
+
+
+def _never(i: int) -> bool:
+    return False
 
 
 class Reconstructor:
@@ -43,31 +47,58 @@ class Reconstructor:
         self._batches = 0
         self._frames = 0
 
-    def reconstruct(self, frames: Sequence[np.ndarray], resolutions: Sequence[int]) -> list[trimesh.Trimesh]:
+    def reconstruct(
+        self,
+        frames: Sequence[np.ndarray],
+        resolutions: Sequence[int],
+        skip: Callable[[int], bool] | None = None,
+    ) -> list[trimesh.Trimesh | None]:
         """uint8 (H, W, 3) RGB frames -> one mesh per frame (TripoSR native frame, RGBA vertex colours), each
-        at its own marching-cubes resolution. The same meshes as `pipeline.runner.reconstruct_frames`."""
+        at its own marching-cubes resolution. The same meshes as `pipeline.runner.reconstruct_frames`.
+
+        `skip(i)` is asked between the steps: frame i, once skipped (its request was cancelled), does no more
+        work and gets None, so a cancelled job stops using the device."""
         if not self.overlap:
             with self.device_lock:
-                return self._reconstruct(frames, resolutions)
-        return self._reconstruct(frames, resolutions)
+                return self._reconstruct(frames, resolutions, skip or _never)
+        return self._reconstruct(frames, resolutions, skip or _never)
 
-    def _reconstruct(self, frames: Sequence[np.ndarray], resolutions: Sequence[int]) -> list[trimesh.Trimesh]:
+    def _reconstruct(
+        self, frames: Sequence[np.ndarray], resolutions: Sequence[int], skip: Callable[[int], bool]
+    ) -> list[trimesh.Trimesh | None]:
         import torch
 
         from triposr.model import surface_mesh
 
+        out: list[trimesh.Trimesh | None] = [None] * len(frames)
+        live = [i for i in range(len(frames)) if not skip(i)]
+        if not live:
+            return out
         with torch.inference_mode():
             with self._on_device():
-                codes = self.model.encode(list(frames))  # (B, 3, C, H, W)
-                volumes = self.model.extract_volumes(list(codes), [int(r) for r in resolutions])
-            surfaces = list(self._pool.map(lambda v: v.surface(), volumes))
+                codes = self.model.encode([frames[i] for i in live])  # (B, 3, C, H, W)
+            keep = [k for k, i in enumerate(live) if not skip(i)]
+            if not keep:
+                return out
             with self._on_device():
-                colors = self.model.vertex_colors(list(codes), [s.vertices for s in surfaces])
-            meshes = list(self._pool.map(surface_mesh, surfaces, colors))
+                volumes = self.model.extract_volumes(
+                    [codes[k] for k in keep], [int(resolutions[live[k]]) for k in keep]
+                )
+            surfaces = list(self._pool.map(lambda v: v.surface(), volumes))
+            kept = [j for j, k in enumerate(keep) if not skip(live[k])]
+            if not kept:
+                return out
+            with self._on_device():
+                colors = self.model.vertex_colors(
+                    [codes[keep[j]] for j in kept], [surfaces[j].vertices for j in kept]
+                )
+            meshes = list(self._pool.map(surface_mesh, [surfaces[j] for j in kept], colors))
+        for j, mesh in zip(kept, meshes, strict=True):
+            out[live[keep[j]]] = mesh
         with self._stats_lock:
             self._batches += 1
             self._frames += len(meshes)
-        return meshes
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Batches and frames done, and seconds the device lock was held for device work."""

@@ -17,11 +17,12 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.export import Export
+from deployments.options import PreprocessOptions, ReconstructOptions
 from deployments.preprocess import Preprocess
 from deployments.reconstruct import Reconstruct
 from serve_app.ingress import build_app
-from serve_app.orchestrator import ServeWorkers
 from serve_app.settings import Settings
+from serve_app.workers import ServeWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class AppArgs(BaseModel):
     sweep_interval_s: float | None = None
     orphan_after_s: float | None = None
     max_attempts: int | None = None
+    stage_attempts: int | None = None
     max_upload_files: int | None = None
     torch_threads: int | None = None
     rembg_threads: int | None = None
@@ -76,8 +78,22 @@ class AppArgs(BaseModel):
     default_format: str | None = None
 
 
+def preprocess_options(settings: Settings) -> PreprocessOptions:
+    return PreprocessOptions(
+        rembg_model=settings.rembg_model, rembg_dir=settings.rembg_dir, rembg_threads=settings.rembg_threads
+    )
+
+
+def reconstruct_options(settings: Settings) -> ReconstructOptions:
+    return ReconstructOptions(
+        model_source=settings.model_source, model_device=settings.model_device,
+        model_half=settings.model_half, chunk_size=settings.chunk_size, torch_threads=settings.torch_threads,
+    )  # fmt: skip
+
+
 def build(settings: Settings, options: dict[str, dict[str, Any]] | None = None) -> Application:
-    """Wire the graph: ingress -> (preprocess, reconstruct, export), each bound with the same settings.
+    """Wire the graph: ingress -> (preprocess, reconstruct, export). Only the ingress gets the settings (and
+    the data dir); workers get the few options they need and never a path into the ingress's disk.
 
     `options` maps a deployment name to `.options(...)` overrides (tests, the CLI, benchmarks); clusters use
     serve_config.yaml instead.
@@ -89,9 +105,9 @@ def build(settings: Settings, options: dict[str, dict[str, Any]] | None = None) 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Ingress.options(**opts.get("Ingress", {})).bind(
         settings,
-        Preprocess.options(**opts.get("Preprocess", {})).bind(settings),
-        Reconstruct.options(**opts.get("Reconstruct", {})).bind(settings),
-        Export.options(**opts.get("Export", {})).bind(settings),
+        Preprocess.options(**opts.get("Preprocess", {})).bind(preprocess_options(settings)),
+        Reconstruct.options(**opts.get("Reconstruct", {})).bind(reconstruct_options(settings)),
+        Export.options(**opts.get("Export", {})).bind(),
     )
 
 

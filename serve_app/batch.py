@@ -39,7 +39,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InvalidParameter, PipelineError
+from pipeline.files import write_atomic
+from pipeline.meshcodec import decode_mesh, encode_mesh, meshes_from_bytes, meshes_to_bytes
 from pipeline.params import JobParams
+from pipeline.runner import job_report
 from serve_app.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -283,28 +286,12 @@ def preprocess_batch(batch: Mapping[str, np.ndarray], settings: Settings) -> dic
 
 
 def pack_meshes(meshes: Sequence[Any]) -> bytes:
-    """Per-frame meshes -> one npz blob (vertices float32, faces int64, RGBA vertex colours uint8 each)."""
-    arrays: dict[str, np.ndarray] = {}
-    for i, mesh in enumerate(meshes):
-        arrays[f"v{i}"] = np.asarray(mesh.vertices, np.float32)
-        arrays[f"f{i}"] = np.asarray(mesh.faces, np.int64)
-        colors = getattr(mesh.visual, "vertex_colors", None)
-        if colors is not None and len(colors) == len(mesh.vertices):
-            arrays[f"c{i}"] = np.asarray(colors, np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, count=np.array(len(meshes)), **arrays)
-    return buf.getvalue()
+    """Per-frame meshes -> one blob of the project's mesh codec (pipeline.meshcodec), a Ray Data column."""
+    return meshes_to_bytes([encode_mesh(m) for m in meshes if m is not None])
 
 
 def unpack_meshes(blob: bytes) -> list[Any]:
-    import trimesh
-
-    with np.load(io.BytesIO(blob)) as data:
-        meshes = []
-        for i in range(int(data["count"])):
-            colors = data[f"c{i}"] if f"c{i}" in data.files else None
-            meshes.append(trimesh.Trimesh(data[f"v{i}"], data[f"f{i}"], vertex_colors=colors, process=False))
-    return meshes
+    return [decode_mesh(m) for m in meshes_from_bytes(blob)]
 
 
 class Reconstructor:
@@ -402,28 +389,22 @@ def merge_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return _batch(out)
 
 
-def _merge_one(row: dict[str, Any], merge_stage: Callable[..., tuple[Path, dict[str, Any]]]) -> None:
+def _merge_one(row: dict[str, Any], merge_stage: Callable[..., tuple[bytes, dict[str, Any]]]) -> None:
     params = JobParams.from_mapping(json.loads(row["params"]))
     final = Path(row["output"])
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name, then renamed: an output file that exists is always complete (resume).
-    partial = final.with_name(f".{final.stem}.partial{final.suffix}")
     warnings = json.loads(row["warnings"])
     metadata = {"item_id": row["item_id"], "source": Path(row["input"]).name, "params": params.to_dict(),
                 "warnings": warnings}  # fmt: skip
-    written, fusion = merge_stage(unpack_meshes(row["meshes"]), json.loads(row["scores"]), params, partial,
-                                  metadata=metadata, job_id=row["item_id"])  # fmt: skip
-    report = {
-        "item_id": row["item_id"],
-        "input": row["input"],
-        "params": params.to_dict(),
-        "frames": json.loads(row["frame_reports"]),
-        "warnings": warnings,
-        "fusion": fusion,
-        "timings_s": {"preprocess": row["preprocess_s"], "reconstruct": row["reconstruct_s"]},
-    }
-    final.with_name(f"{final.stem}.report.json").write_text(json.dumps(report, indent=1, default=str))
-    Path(written).replace(final)
+    data, fusion = merge_stage(unpack_meshes(row["meshes"]), json.loads(row["scores"]), params,
+                               metadata=metadata, job_id=row["item_id"])  # fmt: skip
+    report = job_report(
+        row["item_id"], frames=json.loads(row["frame_reports"]), fusion=fusion, params=params,
+        warnings=warnings, timings={"preprocess": row["preprocess_s"], "reconstruct": row["reconstruct_s"]},
+        item_id=row["item_id"], input=row["input"],
+    )  # fmt: skip
+    write_atomic(final.with_name(f"{final.stem}.report.json"), json.dumps(report, indent=1, default=str))
+    # Written last, atomically: an output file that exists is always complete (what resume looks for).
+    write_atomic(final, data)
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -531,15 +512,15 @@ def _summary(rows: list[dict[str, Any]], started: float, capacity: Capacity) -> 
 def write_summary(summary: Mapping[str, Any], output_dir: Path, stats: str = "") -> None:
     """summary.json (everything) and summary.csv (one line per item) in `output_dir`, replaced atomically."""
     output_dir = Path(output_dir)
-    _atomic_write(output_dir / "summary.json", json.dumps(summary, indent=1, default=_json_default))
+    write_atomic(output_dir / "summary.json", json.dumps(summary, indent=1, default=_json_default))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in summary["items"]:
         writer.writerow({k: _csv_value(row.get(k, "")) for k in SUMMARY_FIELDS})
-    _atomic_write(output_dir / "summary.csv", buf.getvalue())
+    write_atomic(output_dir / "summary.csv", buf.getvalue())
     if stats:
-        _atomic_write(output_dir / "ray_data_stats.txt", stats)
+        write_atomic(output_dir / "ray_data_stats.txt", stats)
 
 
 def _csv_value(value: Any) -> Any:
@@ -550,12 +531,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

@@ -150,13 +150,12 @@ def _download(client: Any, job_id: str, out: Path) -> None:
             response.read()
             _check(response)
         total = int(response.headers.get("content-length", 0)) or None
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".part")
-        with partial.open("wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
+        from pipeline.files import atomic_writer
+
+        with atomic_writer(out) as f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
             for chunk in response.iter_bytes():
                 f.write(chunk)
                 bar.update(len(chunk))
-        partial.replace(out)
     print(f"saved {out}")
 
 
@@ -238,10 +237,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    partial.replace(path)
+    from pipeline.files import write_atomic
+
+    write_atomic(path, data)
     print(f"saved {path}")
 
 

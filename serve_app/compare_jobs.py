@@ -13,15 +13,14 @@ into the job folder: the ingress stays the only writer of the data dir, and the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.files import write_atomic
 from pipeline.params import CompareParams
 from serve_app import errors as se
 from serve_app.jobs import Job, JobKind, JobState
@@ -143,9 +142,9 @@ async def run_compare(orchestrator: Orchestrator, job: Job, timings: dict[str, f
     timings["compare"] = round(time.perf_counter() - started, 4)
     orchestrator.metrics.stage("compare", timings["compare"])
     report = out["report"]
-    await asyncio.to_thread(_write_atomic, job_dir / "report.json", json.dumps(report, indent=1).encode())
-    await asyncio.to_thread(_write_atomic, job_dir / "chart.png", out["chart"])
-    await asyncio.to_thread(_write_atomic, job_dir / "result.glb", out["glb"])
+    await asyncio.to_thread(write_atomic, job_dir / "report.json", json.dumps(report, indent=1).encode())
+    await asyncio.to_thread(write_atomic, job_dir / "chart.png", out["chart"])
+    await asyncio.to_thread(write_atomic, job_dir / "result.glb", out["glb"])
     timings["total"] = round(timings.get("queue_wait", 0.0) + timings["compare"], 4)
     summary = {
         "compare": {
@@ -157,7 +156,7 @@ async def run_compare(orchestrator: Orchestrator, job: Job, timings: dict[str, f
     }  # fmt: skip
     await asyncio.to_thread(
         orchestrator.store.transition, job.id, JobState.SUCCEEDED, expect=JobState.COMPARING,
-        result_path=str(job_dir / "result.glb"), report=summary, timings=timings,
+        owned_by=orchestrator.owner, result_path=str(job_dir / "result.glb"), report=summary, timings=timings,
     )  # fmt: skip
 
 
@@ -166,21 +165,6 @@ def _staged(folder: Path, name: str) -> Path:
     if not matches:
         raise RuntimeError(f"compare input {name} is missing")
     return matches[0]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def result_part(job: Job, part: str, jobs_dir: Path) -> tuple[Path | None, Any, str]:

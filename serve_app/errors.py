@@ -108,6 +108,18 @@ class Overloaded(ServiceError):
     code, status = "overloaded", 503
 
 
+class StoreUnavailable(ServiceError):
+    """The job store could not be read or written (locked past its timeout, disk error); retry later."""
+
+    code, status = "store_unavailable", 503
+
+
+class WorkerCrashed(ServiceError):
+    """A stage's replica died on every attempt at this job's work (its input likely crashes the worker)."""
+
+    code, status = "worker_crashed", 500
+
+
 class NotReady(ServiceError):
     code, status = "not_ready", 503
 
@@ -192,7 +204,9 @@ def job_error_from_exception(exc: BaseException) -> tuple[str, str]:
         return exc.code, str(exc)
     if isinstance(exc, ServiceError):
         return exc.code, exc.message
-    return "internal", f"{type(exc).__name__}: {exc}"
+    # The exception text may carry pids, IPs, actor ids or paths: it goes to the log (keyed by job id), the
+    # client gets a fixed sentence.
+    return "internal", "an internal error stopped this job; the service log has the details under its job id"
 
 
 def unwrap_remote(exc: BaseException) -> BaseException:

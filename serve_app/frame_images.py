@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # The project's one atomic-write helper (issue 9 moves it to pipeline.files.write_atomic: change this import).
-from pipeline.export import _write_atomic as write_atomic
+from pipeline.files import write_atomic
 
 FOLDER = "frames"
 

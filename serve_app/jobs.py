@@ -2,8 +2,11 @@
 
 Schema changes are numbered SQL steps whose applied count lives in `PRAGMA user_version`; they run on open.
 Writes are short `BEGIN IMMEDIATE` transactions (so two ingress replicas sharing the file cannot both claim a
-job). Every state change goes through `transition()`, which checks `ALLOWED` and appends a row to `job_events`
-(what SSE and the WebSocket stream). Methods are synchronous; async code calls them through
+job). Every state change — claims and orphan recovery included — goes through one in-transaction step
+(`_transition_in`) that checks `ALLOWED`, the expected state and, for a runner, that it still owns the job
+(`owned_by`), and appends a row to `job_events` (what SSE and the WebSocket stream). A runner that lost its
+job (declared orphaned while it was paused) gets `LostOwnership` and can never write it again. SQLite errors
+leave the store as `StoreUnavailable`. Methods are synchronous; async code calls them through
 `asyncio.to_thread`.
 
 Not here: running jobs (serve_app/orchestrator.py) and deleting files (the orchestrator's retention sweep).
@@ -17,7 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.params import CompareParams, JobParams
-from serve_app.errors import JobAlreadyFinished, JobNotFound
+from serve_app.errors import JobAlreadyFinished, JobNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,10 @@ STAGE_OF = {
 
 class InvalidTransition(RuntimeError):
     """A state change the table does not allow (e.g. succeeded -> reconstructing); a bug or a lost race."""
+
+
+class LostOwnership(InvalidTransition):
+    """The job is no longer owned by the runner writing it (re-queued as an orphan, or finished)."""
 
 
 MIGRATIONS: list[str] = [
@@ -272,14 +279,27 @@ class JobStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        with self._errors():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's own errors (locked past the timeout, I/O) leave the store as `StoreUnavailable`."""
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            yield
+        except sqlite3.Error as exc:
+            logger.warning("job store %s: %s: %s", self.path, type(exc).__name__, exc)
+            raise StoreUnavailable(
+                f"the job store is unavailable ({type(exc).__name__}); retry later"
+            ) from exc
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -307,7 +327,8 @@ class JobStore:
 
     # -- reads ---------------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._errors():
+            row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         return Job.from_row(row)
@@ -401,44 +422,76 @@ class JobStore:
         to: JobState,
         *,
         expect: JobState | None = None,
+        owned_by: str | None = None,
         message: str | None = None,
         **fields: Any,
     ) -> Job:
-        """The one way to change a job's state: checks `ALLOWED` (and `expect`), logs an event, commits."""
-        now = time.time()
+        """The one way to change a job's state: checks `ALLOWED` (and `expect`, and that `owned_by` still owns
+        the job), logs an event, commits."""
         with self._write() as conn:
-            row = conn.execute("SELECT state, progress, stage FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise JobNotFound(f"no job with id {job_id!r}")
-            current = JobState(row["state"])
-            if expect is not None and current != expect:
-                raise InvalidTransition(f"job {job_id}: expected {expect.value}, found {current.value}")
-            if to not in ALLOWED[current]:
-                raise InvalidTransition(f"job {job_id}: {current.value} -> {to.value} is not allowed")
-            fields.setdefault("stage", STAGE_OF.get(to, row["stage"]))
-            if to == JobState.SUCCEEDED:
-                fields.setdefault("progress", 1.0)
-            if to.terminal:
-                fields.setdefault("finished_at", now)
-                fields.setdefault("owner", None)
-            self._update(conn, job_id, now, state=to.value, **fields)
-            progress = fields.get("progress", row["progress"])
-            self._event(conn, job_id, to, fields["stage"], progress, message, now)
+            current = self._transition_in(
+                conn, job_id, to, expect=expect, owned_by=owned_by, message=message, **fields
+            )
         logger.info(
             "job_id=%s %s -> %s%s", job_id, current.value, to.value, f" ({message})" if message else ""
         )
         return self.get(job_id)
 
+    def _transition_in(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        to: JobState,
+        *,
+        expect: JobState | None = None,
+        owned_by: str | None = None,
+        message: str | None = None,
+        **fields: Any,
+    ) -> JobState:
+        """`transition` inside the caller's write transaction; returns the state it left."""
+        now = time.time()
+        row = conn.execute(
+            "SELECT state, progress, stage, owner FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        current = JobState(row["state"])
+        if owned_by is not None and row["owner"] != owned_by:
+            raise LostOwnership(
+                f"job {job_id}: owned by {row['owner']!r}, not {owned_by!r} ({current.value})"
+            )
+        if expect is not None and current != expect:
+            raise InvalidTransition(f"job {job_id}: expected {expect.value}, found {current.value}")
+        if to not in ALLOWED[current]:
+            raise InvalidTransition(f"job {job_id}: {current.value} -> {to.value} is not allowed")
+        fields.setdefault("stage", STAGE_OF.get(to, row["stage"]))
+        if to == JobState.SUCCEEDED:
+            fields.setdefault("progress", 1.0)
+        if to.terminal or to == JobState.QUEUED:
+            fields.setdefault("owner", None)
+        if to.terminal:
+            fields.setdefault("finished_at", now)
+        self._update(conn, job_id, now, state=to.value, **fields)
+        progress = fields.get("progress", row["progress"])
+        self._event(conn, job_id, to, fields["stage"], progress, message, now)
+        return current
+
     def update(
-        self, job_id: str, *, event: str | None = None, message: str | None = None, **fields: Any
-    ) -> Job:
-        """Change non-state fields (progress, report...); `event` (a kind: "progress", "cancel") also logs an
-        event that SSE/WebSocket watchers receive."""
+        self, job_id: str, *, event: str | None = None, message: str | None = None,
+        owned_by: str | None = None, **fields: Any,
+    ) -> Job:  # fmt: skip
+        """Change non-state fields (progress, report...); `event` (a kind: "progress", "cancel", "result")
+        also logs an event that SSE/WebSocket watchers receive. With `owned_by`, only while that runner owns
+        the job (else `LostOwnership`)."""
         now = time.time()
         with self._write() as conn:
-            row = conn.execute("SELECT state, stage, progress FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state, stage, progress, owner FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
+            if owned_by is not None and row["owner"] != owned_by:
+                raise LostOwnership(f"job {job_id}: owned by {row['owner']!r}, not {owned_by!r}")
             self._update(conn, job_id, now, **fields)
             if event:
                 self._event(
@@ -460,23 +513,30 @@ class JobStore:
                 return None
             job_id = row["id"]
             first = FIRST_STATE[JobKind(row["kind"])]
-            conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
-            self._update(
-                conn, job_id, now, state=first.value, stage=STAGE_OF[first], owner=owner,
-                heartbeat_at=now, started_at=now, progress=0.0, error_code=None, error_message=None,
+            self._transition_in(
+                conn, job_id, first, expect=JobState.QUEUED, owner=owner, heartbeat_at=now, started_at=now,
+                progress=0.0, error_code=None, error_message=None,
             )  # fmt: skip
-            self._event(conn, job_id, first, STAGE_OF[first], 0.0, None, now)
+            conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
         logger.info("job_id=%s claimed by %s", job_id, owner)
         return self.get(job_id)
 
-    def heartbeat(self, owner: str) -> None:
-        """Mark every active job of `owner` alive (one UPDATE, however many jobs)."""
-        placeholders = ",".join("?" * len(ACTIVE))
+    def heartbeat(self, owner: str, job_ids: Iterable[str]) -> set[str]:
+        """Mark the given running jobs of `owner` alive; returns those it lost (re-queued or taken over by
+        another replica: the runner must stop them). Jobs that just ended are neither."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        active = {s.value for s in ACTIVE}
         with self._write() as conn:
-            conn.execute(
-                f"UPDATE jobs SET heartbeat_at = ? WHERE owner = ? AND state IN ({placeholders})",
-                (time.time(), owner, *[s.value for s in ACTIVE]),
-            )
+            rows = conn.execute(
+                f"SELECT id, owner, state FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids
+            ).fetchall()
+            owned = [r["id"] for r in rows if r["owner"] == owner and r["state"] in active]
+            now = time.time()
+            conn.executemany("UPDATE jobs SET heartbeat_at = ? WHERE id = ?", [(now, i) for i in owned])
+        terminal = {s.value for s in TERMINAL}
+        return {r["id"] for r in rows if r["id"] not in owned and r["state"] not in terminal}
 
     def request_cancel(self, job_id: str) -> Job:
         """Queued jobs are cancelled at once, active ones flagged for their runner; cancelled is a no-op."""
@@ -497,43 +557,35 @@ class JobStore:
     def recover_orphans(
         self, *, stale_before: float, max_attempts: int, exclude_owner: str | None = None
     ) -> int:
-        """Re-queue (or fail, after `max_attempts`) active jobs whose owner stopped heart-beating."""
-        placeholders = ",".join("?" * len(ACTIVE))
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT id, attempts, owner, cancel_requested FROM jobs WHERE state IN ({placeholders}) "
-                "AND (heartbeat_at IS NULL OR heartbeat_at < ?)",
-                (*[s.value for s in ACTIVE], stale_before),
-            )
-            .fetchall()
-        )
+        """Re-queue (or fail, after `max_attempts` runs) active jobs whose owner stopped heart-beating.
+
+        Selection and transition share one write transaction, and each transition re-checks the owner it
+        saw, so a runner's heartbeat or a second recovering replica cannot interleave: a job is re-queued
+        once, and its old owner's later writes fail with `LostOwnership`.
+        """
+        active = [s.value for s in ACTIVE]
         recovered = 0
-        for row in rows:
-            if exclude_owner is not None and row["owner"] == exclude_owner:
-                continue
-            try:
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT id, attempts, owner, cancel_requested FROM jobs WHERE state IN "
+                f"({','.join('?' * len(active))}) AND (heartbeat_at IS NULL OR heartbeat_at < ?)",
+                (*active, stale_before),
+            ).fetchall()
+            for row in rows:
+                if exclude_owner is not None and row["owner"] == exclude_owner:
+                    continue
                 if row["cancel_requested"]:
-                    self.transition(row["id"], JobState.CANCELLED, message="cancelled (runner went away)")
+                    to, fields = JobState.CANCELLED, {"message": "cancelled (runner went away)"}
                 elif row["attempts"] >= max_attempts:
-                    self.transition(
-                        row["id"], JobState.FAILED, error_code="interrupted",
-                        error_message=f"the service stopped while the job ran ({row['attempts']} attempts)",
-                        message="interrupted",
-                    )  # fmt: skip
+                    to, fields = JobState.FAILED, {
+                        "error_code": "interrupted", "message": "interrupted",
+                        "error_message": f"the service stopped while the job ran ({row['attempts']} runs)",
+                    }  # fmt: skip
                 else:
-                    self.transition(
-                        row["id"],
-                        JobState.QUEUED,
-                        owner=None,
-                        progress=0.0,
-                        message="re-queued after restart",
-                    )
+                    to, fields = JobState.QUEUED, {"message": "re-queued: its runner went silent"}
+                self._transition_in(conn, row["id"], to, owned_by=row["owner"], **fields)
+                logger.warning("job_id=%s orphaned by %s -> %s", row["id"], row["owner"], to.value)
                 recovered += 1
-            except InvalidTransition:
-                continue  # its runner finished it meanwhile
-        if recovered:
-            logger.warning("recovered %d orphaned job(s)", recovered)
         return recovered
 
     def expired(self, *, finished_before: float) -> list[Job]:

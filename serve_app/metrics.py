@@ -8,38 +8,25 @@ every call is a no-op, so callers never check.
 from __future__ import annotations
 
 import logging
-from typing import Any
+
+from deployments.metrics import Noop, ray_running
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("queue_wait", "preprocess", "reconstruct", "merge")
 SECONDS_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000]
 FRAME_BOUNDARIES = [1, 2, 4, 8, 12, 16, 24, 32]
-BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64]
-
-
-class _Noop:
-    def inc(self, *args: Any, **kwargs: Any) -> None: ...
-    def set(self, *args: Any, **kwargs: Any) -> None: ...
-    def observe(self, *args: Any, **kwargs: Any) -> None: ...
-
-
-def _ray_running() -> bool:
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - ray is a dependency
-        return False
-    return ray.is_initialized()
 
 
 class ServiceMetrics:
     """The ingress-side metrics: job outcomes, stage latency, frames per job, queue gauges, upload bytes."""
 
     def __init__(self) -> None:
-        if not _ray_running():
-            noop = _Noop()
+        if not ray_running():
+            noop = Noop()
             self.jobs_total = self.stage_seconds = self.frames_per_job = noop
             self.jobs_queued = self.jobs_running = self.upload_bytes_total = noop
+            self.stage_retries_total = noop
             return
         from ray.serve import metrics as m
 
@@ -61,6 +48,10 @@ class ServiceMetrics:
         self.upload_bytes_total = m.Counter(
             "triposr_upload_bytes_total", description="Bytes received in uploads."
         )
+        self.stage_retries_total = m.Counter(
+            "triposr_stage_retries_total", description="Stage calls retried after a lost replica.",
+            tag_keys=("stage",),
+        )  # fmt: skip
 
     def job_finished(self, state: str) -> None:
         self.jobs_total.inc(1, tags={"state": state})
@@ -68,19 +59,9 @@ class ServiceMetrics:
     def stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.observe(max(seconds, 0.0), tags={"stage": stage})
 
+    def retried(self, stage: str) -> None:
+        self.stage_retries_total.inc(1, tags={"stage": stage})
+
     def queue(self, queued: int, running: int) -> None:
         self.jobs_queued.set(queued)
         self.jobs_running.set(running)
-
-
-def batch_size_histogram() -> Any:
-    """The reconstruct deployment's frames-per-forward histogram (no-op without Ray)."""
-    if not _ray_running():
-        return _Noop()
-    from ray.serve import metrics as m
-
-    return m.Histogram(
-        "triposr_reconstruct_batch_size",
-        description="Frames per batched forward pass in the reconstruct deployment.",
-        boundaries=BATCH_BOUNDARIES,
-    )

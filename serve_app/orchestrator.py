@@ -2,12 +2,15 @@
 retention.
 
 The dispatcher claims queued jobs from the store (atomically, so several ingress replicas may share it) while
-fewer than `Settings.max_running_jobs` run here. Each running job heart-beats through its owner id; a job
-whose owner went silent for `orphan_after_s` (crash, restart) is re-queued, or failed after `max_attempts`
-runs — never left running forever. A graceful stop re-queues this owner's jobs at once.
+fewer than `Settings.max_running_jobs` run here. Each running job heart-beats under its owner id every
+`orphan_after_s / 4`; a job whose heartbeat is older than `orphan_after_s` (its ingress died) is re-queued by
+any live replica (or failed after `max_attempts` runs) and resumes from its checkpoints (serve_app/
+checkpoints.py): preprocessed frames and finished per-frame meshes are not redone. A runner that lost its job
+that way sees `LostOwnership` and stops. A graceful stop re-queues this owner's jobs at once.
 
-The stage work itself goes through a `Workers` object: `ServeWorkers` calls the three deployments,
-`LocalWorkers` runs the same stage functions in this process (Starlette unit tests, no Ray).
+The stage work goes through `Workers` (serve_app/workers.py), wrapped in `RetryingWorkers` so that a call
+lost to a dead replica is retried. Only this process touches the job folder: the input is read here and sent
+as bytes, and the result comes back as bytes and is written here, atomically.
 """
 
 from __future__ import annotations
@@ -22,140 +25,28 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Protocol
 
-from pipeline.params import CompareParams, JobParams
-from serve_app.capacity import WORKER_DEPLOYMENTS
+from pipeline.files import write_atomic
+from pipeline.runner import InputFiles, job_report
+from serve_app.checkpoints import Checkpoints
 from serve_app.compare_jobs import run_compare
-from serve_app.errors import job_error_from_exception
+from serve_app.errors import StoreUnavailable, job_error_from_exception
 from serve_app.frame_images import save_frame_images
-from serve_app.health import DeploymentProblem, deployment_problems
-from serve_app.jobs import InvalidTransition, Job, JobKind, JobState, JobStore
+from serve_app.jobs import InvalidTransition, Job, JobKind, JobState, JobStore, LostOwnership
 from serve_app.metrics import ServiceMetrics
 from serve_app.settings import Settings
+from serve_app.workers import LocalWorkers, RetryingWorkers, RetryPolicy, ServeWorkers, Workers
+
+__all__ = ["LocalWorkers", "Orchestrator", "ServeWorkers", "Workers"]
 
 logger = logging.getLogger(__name__)
 
 # Share of progress (0..1) at the end of each stage; reconstruction advances per finished frame.
 PROGRESS_PREPROCESSED = 0.15
 PROGRESS_RECONSTRUCTED = 0.9
-STATUS_TTL_S = 2.0  # how stale the ingress's view of the worker deployments may be
-
-
-class Workers(Protocol):
-    async def unavailable(self) -> list[DeploymentProblem]: ...
-    async def compare(
-        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
-    ) -> dict[str, Any]: ...
-    async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]: ...
-    async def reconstruct(
-        self, job_id: str, frame: Any, mesh_path: str, mc_resolution: int
-    ) -> dict[str, Any]: ...
-    async def export(
-        self, job_id: str, mesh_paths: list[str], scores: list[float] | None, params: JobParams,
-        result_path: str,
-        metadata: dict[str, Any],
-    ) -> dict[str, Any]: ...  # fmt: skip
-
-
-class ServeWorkers:
-    """Stage calls through Serve deployment handles (frames ride the object store as uint8 arrays)."""
-
-    def __init__(self, preprocess: Any, reconstruct: Any, export: Any) -> None:
-        self._preprocess, self._reconstruct, self._export = preprocess, reconstruct, export
-        self._problems: tuple[float, list[DeploymentProblem]] = (-STATUS_TTL_S, [])
-
-    async def unavailable(self) -> list[DeploymentProblem]:
-        """Worker deployments that are not running now, from Serve's status (read at most every 2 s)."""
-        at, problems = self._problems
-        if time.monotonic() - at >= STATUS_TTL_S:
-            problems = await asyncio.to_thread(_serve_problems)
-            self._problems = (time.monotonic(), problems)
-        return problems
-
-    async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]:
-        return await self._preprocess.remote(job_id, input_path, params.to_dict())
-
-    async def reconstruct(
-        self, job_id: str, frame: Any, mesh_path: str, mc_resolution: int
-    ) -> dict[str, Any]:
-        return await self._reconstruct.remote(job_id, frame, mesh_path, mc_resolution)
-
-    async def export(
-        self, job_id: str, mesh_paths: list[str], scores: list[float] | None, params: JobParams,
-        result_path: str,
-        metadata: dict[str, Any],
-    ) -> dict[str, Any]:  # fmt: skip
-        return await self._export.remote(job_id, mesh_paths, scores, params.to_dict(), result_path, metadata)
-
-    async def compare(
-        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
-    ) -> dict[str, Any]:
-        # on the Export deployment's CPU replicas: the same kind of mesh work as fusion, no new deployment
-        return await self._export.compare.remote(job_id, reference, candidate, params.to_dict())
-
-
-def _serve_problems() -> list[DeploymentProblem]:
-    from ray import serve
-
-    app_name = serve.get_replica_context().app_name
-    return deployment_problems(serve.status().applications.get(app_name), WORKER_DEPLOYMENTS)
-
-
-class LocalWorkers:
-    """The same stage functions in this process, one frame at a time behind a lock (tests and small hosts)."""
-
-    def __init__(self, model: Any, remover: Any) -> None:
-        self.model, self.remover = model, remover
-        self._lock = asyncio.Lock()
-
-    async def unavailable(self) -> list[DeploymentProblem]:
-        return []  # built in this process: running, or it would not exist
-
-    async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]:
-        from pipeline.runner import preprocess_payload
-
-        return await asyncio.to_thread(preprocess_payload, Path(input_path), params, self.remover)
-
-    async def reconstruct(
-        self, job_id: str, frame: Any, mesh_path: str, mc_resolution: int
-    ) -> dict[str, Any]:
-        from pipeline.runner import reconstruct_frames, save_mesh
-
-        async with self._lock:
-            (mesh,) = await asyncio.to_thread(reconstruct_frames, self.model, [frame], [mc_resolution])
-        await asyncio.to_thread(save_mesh, mesh, Path(mesh_path))
-        return {
-            "mesh_path": mesh_path,
-            "vertices": len(mesh.vertices),
-            "faces": len(mesh.faces),
-            "batch_size": 1,
-        }
-
-    async def export(
-        self, job_id: str, mesh_paths: list[str], scores: list[float] | None, params: JobParams,
-        result_path: str,
-        metadata: dict[str, Any],
-    ) -> dict[str, Any]:  # fmt: skip
-        from pipeline.runner import merge_files
-
-        return await asyncio.to_thread(
-            merge_files, mesh_paths, scores, params, Path(result_path), metadata=metadata, job_id=job_id
-        )
-
-    async def compare(
-        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
-    ) -> dict[str, Any]:
-        from pipeline.compare_export import compare_payload
-
-        return await asyncio.to_thread(
-            compare_payload, reference, candidate, object_size_m=params.object_size_m,
-            threshold_mm=params.threshold_mm,
-        )  # fmt: skip
-
-
-class JobCancelled(Exception):
-    """Raised inside `run_job` when the job's cancel flag is seen between stages."""
+# Ending a job survives a store outage this long (0.5 s doubling to 8 s, ~1 min), then orphan recovery
+# (the job no longer heart-beats) settles it.
+END_RETRIES = 10
 
 
 class Orchestrator:
@@ -164,8 +55,13 @@ class Orchestrator:
     def __init__(
         self, store: JobStore, settings: Settings, workers: Workers, metrics: ServiceMetrics | None = None
     ) -> None:
-        self.store, self.settings, self.workers = store, settings, workers
+        self.store, self.settings = store, settings
         self.metrics = metrics or ServiceMetrics()
+        self.workers = RetryingWorkers(
+            workers, RetryPolicy(attempts=settings.stage_attempts), on_retry=self._record_retry
+        )
+        self._retries: dict[str, dict[str, int]] = {}
+        self._lost: set[str] = set()  # running here, but taken over by another replica
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -256,11 +152,21 @@ class Orchestrator:
         if now - self._last_heartbeat >= self.settings.orphan_after_s / 4:
             self._last_heartbeat = now
             if self.running:
-                await asyncio.to_thread(self.store.heartbeat, self.owner)
+                lost = await asyncio.to_thread(self.store.heartbeat, self.owner, list(self.running))
+                for job_id in lost:
+                    task = self.running.get(job_id)
+                    if task is not None and not task.done():
+                        logger.warning(
+                            "job_id=%s no longer owned by %s; stopping it here", job_id, self.owner
+                        )
+                        self._lost.add(job_id)
+                        task.cancel("ownership lost")
                 await self._poll_cancellations()
+            # Our own running jobs heart-beat above, so only jobs nobody runs any more can be stale (ours
+            # included: a job whose end could not be written is settled here).
             await asyncio.to_thread(
                 self.store.recover_orphans, stale_before=now - self.settings.orphan_after_s,
-                max_attempts=self.settings.max_attempts, exclude_owner=self.owner,
+                max_attempts=self.settings.max_attempts,
             )  # fmt: skip
         if now - self._last_sweep >= self.settings.sweep_interval_s:
             self._last_sweep = now
@@ -309,6 +215,7 @@ class Orchestrator:
         timings = dict(job.timings)
         timings["queue_wait"] = round(max((job.started_at or time.time()) - job.created_at, 0.0), 4)
         self.metrics.stage("queue_wait", timings["queue_wait"])
+        self._retries[job_id] = {}
         final = JobState.FAILED
         try:
             stages = (
@@ -317,21 +224,7 @@ class Orchestrator:
             await asyncio.wait_for(stages, timeout=self.settings.job_timeout_s)
             final = JobState.SUCCEEDED
         except asyncio.CancelledError:
-            job = await asyncio.to_thread(self.store.get, job_id)
-            if job.cancel_requested:
-                final = JobState.CANCELLED
-                await self._end(job_id, JobState.CANCELLED, timings, message="cancelled")
-            elif self._stopping:
-                final = JobState.QUEUED
-                with contextlib.suppress(InvalidTransition):
-                    await asyncio.to_thread(
-                        self.store.transition, job_id, JobState.QUEUED, owner=None, progress=0.0,
-                        message="re-queued: service stopping",
-                    )  # fmt: skip
-            else:
-                await self._end(
-                    job_id, JobState.FAILED, timings, code="internal", text="job task was cancelled"
-                )
+            final = await self._on_cancelled(job_id, timings)
             if self._stopping:
                 raise
         except asyncio.TimeoutError:
@@ -339,6 +232,9 @@ class Orchestrator:
                 job_id, JobState.FAILED, timings, code="job_timeout",
                 text=f"the job ran longer than job_timeout_s={self.settings.job_timeout_s:g}",
             )  # fmt: skip
+        except LostOwnership:
+            final = JobState.QUEUED  # another replica runs it now; nothing of ours may be written
+            logger.warning("job_id=%s taken over by another runner; %s stops", job_id, self.owner)
         except Exception as exc:
             code, text = job_error_from_exception(exc)
             if code == "internal":
@@ -347,17 +243,58 @@ class Orchestrator:
                 logger.info("job_id=%s failed: %s: %s", job_id, code, text)
             await self._end(job_id, JobState.FAILED, timings, code=code, text=text)
         finally:
+            self._retries.pop(job_id, None)
+            self._lost.discard(job_id)
             if final.terminal:
                 self.metrics.job_finished(final.value)
+                await asyncio.to_thread(Checkpoints(self.job_dir(job_id)).remove)
+
+    async def _on_cancelled(self, job_id: str, timings: dict[str, float]) -> JobState:
+        """Settle a job whose task was cancelled: by the user, by a stop, or because it was taken over."""
+        if job_id in self._lost:
+            return JobState.QUEUED
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job.cancel_requested:
+            await self._end(job_id, JobState.CANCELLED, timings, message="cancelled")
+            return JobState.CANCELLED
+        if self._stopping:
+            with contextlib.suppress(InvalidTransition):
+                await asyncio.to_thread(
+                    self.store.transition, job_id, JobState.QUEUED, owned_by=self.owner,
+                    message="re-queued: service stopping",
+                )  # fmt: skip
+            return JobState.QUEUED
+        await self._end(job_id, JobState.FAILED, timings, code="internal", text="job task was cancelled")
+        return JobState.FAILED
 
     async def _end(
         self, job_id: str, state: JobState, timings: dict[str, float], *, code: str | None = None,
         text: str | None = None, message: str | None = None,
     ) -> None:  # fmt: skip
-        with contextlib.suppress(InvalidTransition):
+        """Write a terminal state; a store outage is retried with backoff, never left unwritten silently."""
+        for attempt in range(END_RETRIES):
+            try:
+                await asyncio.to_thread(
+                    self.store.transition, job_id, state, owned_by=self.owner, timings=timings,
+                    error_code=code, error_message=text, message=message or code,
+                )  # fmt: skip
+                return
+            except InvalidTransition:
+                return  # ended meanwhile, or taken over by another runner
+            except StoreUnavailable:
+                delay = min(8.0, 0.5 * 2**attempt)
+                logger.warning("job_id=%s could not be ended (%s); retrying in %.1fs", job_id, state, delay)
+                await asyncio.sleep(delay)
+        logger.error("job_id=%s end (%s) not written; orphan recovery will settle it", job_id, state.value)
+
+    async def _record_retry(self, job_id: str, stage: str, attempt: int) -> None:
+        counts = self._retries.setdefault(job_id, {})
+        counts[stage] = counts.get(stage, 0) + 1
+        self.metrics.retried(stage)
+        with contextlib.suppress(StoreUnavailable):
             await asyncio.to_thread(
-                self.store.transition, job_id, state, timings=timings, error_code=code, error_message=text,
-                message=message or code,
+                self.store.update, job_id, owned_by=self.owner, event="retry",
+                message=f"{stage} worker lost; retry {attempt}/{self.settings.stage_attempts - 1}",
             )  # fmt: skip
 
     async def _check_cancel(self, job_id: str) -> None:
@@ -366,86 +303,109 @@ class Orchestrator:
             raise asyncio.CancelledError("cancel requested")
 
     async def _stages(self, job: Job, timings: dict[str, float]) -> None:
-        job_id, params = job.id, job.params
+        job_id, params, owner = job.id, job.params, self.owner
         job_dir = self.job_dir(job_id)
-        (job_dir / "meshes").mkdir(parents=True, exist_ok=True)
+        checkpoints = Checkpoints(job_dir)
         if job.input_path is None:
             raise RuntimeError(f"job {job_id} has no input")
 
-        t0 = time.perf_counter()
-        pre = await self.workers.preprocess(job_id, job.input_path, params)
-        timings["preprocess"] = round(time.perf_counter() - t0, 4)
-        self.metrics.stage("preprocess", timings["preprocess"])
-        await asyncio.to_thread(save_frame_images, job_dir, pre.get("thumbnails"))
+        pre = await asyncio.to_thread(checkpoints.load_preprocessed)
+        if pre is None:
+            t0 = time.perf_counter()
+            files = await asyncio.to_thread(read_input, Path(job.input_path))
+            pre = await self.workers.preprocess(job_id, files, params)
+            del files
+            await asyncio.to_thread(save_frame_images, job_dir, pre.pop("thumbnails", None))
+            await asyncio.to_thread(checkpoints.save_preprocessed, pre)
+            timings["preprocess"] = round(time.perf_counter() - t0, 4)
+            self.metrics.stage("preprocess", timings["preprocess"])
+        else:
+            logger.info("job_id=%s resumes after preprocessing (%d frames)", job_id, len(pre["frames"]))
         frames = pre["frames"]
         count = len(frames)
         self.metrics.frames_per_job.observe(count)
         await self._check_cancel(job_id)
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.RECONSTRUCTING, expect=JobState.PREPROCESSING,
-            frames=pre["reports"], input_kind=pre["kind"], warnings=pre["warnings"],
+            owned_by=owner, frames=pre["reports"], input_kind=pre["kind"], warnings=pre.get("warnings", []),
             progress=PROGRESS_PREPROCESSED, timings=timings, message=f"{count} frames selected",
         )  # fmt: skip
 
         t1 = time.perf_counter()
-        mesh_paths = [str(job_dir / "meshes" / f"frame_{i:02d}.npz") for i in range(count)]
-        calls = [
-            asyncio.ensure_future(
-                self.workers.reconstruct(job_id, frames[i], mesh_paths[i], params.mc_resolution)
-            )
-            for i in range(count)
-        ]
-        del frames, pre["frames"]  # the deployments hold their own references now
+        meshes = await asyncio.to_thread(checkpoints.load_meshes, count)
+        if meshes:
+            logger.info("job_id=%s resumes with %d/%d frames reconstructed", job_id, len(meshes), count)
+
+        async def one(i: int) -> int:
+            mesh = await self.workers.reconstruct(job_id, frames[i], params.mc_resolution)
+            await asyncio.to_thread(checkpoints.save_mesh, i, mesh)
+            meshes[i] = mesh
+            return i
+
+        calls = [asyncio.ensure_future(one(i)) for i in range(count) if i not in meshes]
         try:
-            for done, call in enumerate(asyncio.as_completed(calls), start=1):
+            for call in asyncio.as_completed(calls):
                 await call
+                done = len(meshes)
                 share = (
                     PROGRESS_PREPROCESSED + (PROGRESS_RECONSTRUCTED - PROGRESS_PREPROCESSED) * done / count
                 )
                 await asyncio.to_thread(
-                    self.store.update,
-                    job_id,
-                    progress=share,
-                    event="progress",
+                    self.store.update, job_id, owned_by=owner, progress=share, event="progress",
                     message=f"frame {done}/{count}",
-                )
+                )  # fmt: skip
         finally:
             for call in calls:
                 call.cancel()
-        timings["reconstruct"] = round(time.perf_counter() - t1, 4)
+            await asyncio.gather(*calls, return_exceptions=True)  # their Serve requests are cancelled too
+        timings["reconstruct"] = round(timings.get("reconstruct", 0.0) + time.perf_counter() - t1, 4)
         self.metrics.stage("reconstruct", timings["reconstruct"])
         await self._check_cancel(job_id)
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.MERGING, expect=JobState.RECONSTRUCTING,
-            progress=PROGRESS_RECONSTRUCTED, timings=timings,
+            owned_by=owner, progress=PROGRESS_RECONSTRUCTED, timings=timings,
         )  # fmt: skip
 
         t2 = time.perf_counter()
-        result_path = job_dir / f"result.{params.format.value}"
+        warnings = pre.get("warnings", [])
         metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve",
-                    "warnings": pre["warnings"]}  # fmt: skip
-        out = await self.workers.export(job_id, mesh_paths, pre["scores"], params, str(result_path), metadata)
-        if job.output_path:
-            await asyncio.to_thread(_copy_atomic, Path(out["result_path"]), Path(job.output_path))
+                    "warnings": warnings}  # fmt: skip
+        out = await self.workers.export(
+            job_id, [meshes[i] for i in range(count)], pre["scores"], params, metadata
+        )
         timings["merge"] = round(time.perf_counter() - t2, 4)
         self.metrics.stage("merge", timings["merge"])
         timings["total"] = round(
-            sum(timings[k] for k in ("queue_wait", "preprocess", "reconstruct", "merge")), 4
+            sum(timings.get(k, 0.0) for k in ("queue_wait", "preprocess", "reconstruct", "merge")), 4
         )
-        report = {"fusion": out["report"]}
-        summary = {"job_id": job_id, "timings": timings, "frames": pre["reports"]}
+        retries = dict(self._retries.get(job_id, {}))
+        report = {"fusion": out["report"], "retries": retries}
+        full = job_report(job_id, frames=pre["reports"], fusion=out["report"], timings=timings, params=params,
+                          warnings=warnings, retries=retries)  # fmt: skip
+        result_path = await asyncio.to_thread(self._write_result, job, out["data"], full)
         await asyncio.to_thread(
-            (job_dir / "report.json").write_text,
-            json.dumps({**summary, "warnings": pre["warnings"], **report}, indent=1),
-        )
+            self.store.update, job_id, owned_by=owner, event="result",
+            message=f"result written ({len(out['data'])} bytes)",
+        )  # fmt: skip
         await asyncio.to_thread(
-            self.store.transition, job_id, JobState.SUCCEEDED, expect=JobState.MERGING,
-            result_path=out["result_path"], report=report, timings=timings,
+            self.store.transition, job_id, JobState.SUCCEEDED, expect=JobState.MERGING, owned_by=owner,
+            result_path=str(result_path), report=report, timings=timings,
         )  # fmt: skip
 
+    def _write_result(self, job: Job, data: bytes, report: dict) -> Path:
+        """The job's files, each atomically: result.<fmt>, report.json, and the requested output copy."""
+        job_dir = self.job_dir(job.id)
+        path = write_atomic(job_dir / f"result.{job.params.format.value}", data)
+        write_atomic(job_dir / "report.json", json.dumps(report, indent=1))
+        if job.output_path:
+            write_atomic(Path(job.output_path), data)
+        return path
 
-def _copy_atomic(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
-    shutil.copyfile(src, partial)
-    partial.replace(dest)
+
+def read_input(path: Path) -> InputFiles:
+    """The job's input as bytes for the preprocess replica: one file, or every visible file of a folder."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        files = [path]
+    return [(p.name, p.read_bytes()) for p in files]

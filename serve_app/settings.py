@@ -56,8 +56,12 @@ class Settings:
     job_timeout_s: float = 3600.0
     retention_s: float = 7 * 24 * 3600.0  # finished jobs' files are removed after this long
     sweep_interval_s: float = 600.0  # how often the retention sweep runs
-    orphan_after_s: float = 60.0  # active job with a silent runner this long: re-run or failed
+    # Active job with a silent runner this long: re-queued (resumes from its checkpoints) or failed.
+    # Heartbeats go every orphan_after_s / 4 (one UPDATE per replica), so a dead ingress's jobs run again
+    # within ~1.25x this: 10 s keeps that under 15 s, and a live runner must miss 4 beats to lose a job.
+    orphan_after_s: float = 10.0
     max_attempts: int = 2  # runs of one job (first + re-runs after restarts) before "interrupted"
+    stage_attempts: int = 3  # tries of one stage call lost to a dead replica before "worker_crashed"
     max_upload_files: int = 64  # files in one multipart upload (images)
     torch_threads: int | None = None  # torch CPU threads in a reconstruct replica; None = its num_cpus
     rembg_threads: int | None = None  # onnxruntime threads in a preprocess replica; None = its num_cpus
@@ -108,8 +112,8 @@ class Settings:
             raise SettingsError("job_timeout_s and retention_s must be > 0")
         if self.sweep_interval_s <= 0 or self.orphan_after_s <= 0:
             raise SettingsError("sweep_interval_s and orphan_after_s must be > 0")
-        if self.max_attempts < 1 or self.max_upload_files < 1:
-            raise SettingsError("max_attempts and max_upload_files must be >= 1")
+        if self.max_attempts < 1 or self.max_upload_files < 1 or self.stage_attempts < 1:
+            raise SettingsError("max_attempts, stage_attempts and max_upload_files must be >= 1")
         for name in ("torch_threads", "rembg_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:

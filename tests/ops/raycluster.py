@@ -1,4 +1,5 @@
-"""A private local Ray head node for tests and benchmarks: `ray start --head`, stopped cleanly afterwards.
+"""A private local Ray cluster for tests and benchmarks: `ray start --head` (+ `ray start --address` worker
+nodes), stopped cleanly afterwards.
 
 Other people's Ray clusters may run on the same machine (other test suites, a developer's `serve run`), so the
 head gets its own temp dir and free ports for everything Ray would otherwise take by default (GCS, dashboard,
@@ -8,11 +9,17 @@ that process group, and finally any process still running from this head's temp 
 
 Nothing comes from the user's home: each head gets its own Ray auth token in its temp dir
 (RAY_AUTH_TOKEN_PATH), so it starts the same on a machine that never ran Ray (no ~/.ray/auth_token).
+
+A worker node (`start_worker`) can run in its own mount namespace (`unshare --mount`) with a fresh tmpfs over
+given folders (the service's data dir, /tmp): processes on it, Serve replicas included, see an empty folder
+there, like a separate machine without a shared file system. This needs root (CI and the dev machines run
+as root); `can_hide_paths()` says whether it works here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -75,7 +82,13 @@ def _ray_env(token_path: Path) -> dict[str, str]:
     return env
 
 
-def start_head(*, num_cpus: int = 4, num_gpus: int = 1, timeout_s: float = 90.0) -> LocalHead:
+def start_head(
+    *,
+    num_cpus: int = 4,
+    num_gpus: int = 1,
+    resources: dict[str, float] | None = None,
+    timeout_s: float = 90.0,
+) -> LocalHead:
     """Start a head with a logical GPU (fractional-GPU actors then schedule on CPU); wait until it serves."""
     # Short path: Ray's unix sockets live under the temp dir and must stay below ~107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="rayops-", dir="/tmp"))
@@ -99,6 +112,7 @@ def start_head(*, num_cpus: int = 4, num_gpus: int = 1, timeout_s: float = 90.0)
         f"--node-manager-port={ports['node_manager']}",
         f"--object-manager-port={ports['object_manager']}",
         "--object-store-memory=500000000",
+        *([f"--resources={json.dumps(resources)}"] if resources else []),
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -138,3 +152,123 @@ def _wait_for_dashboard(head: LocalHead, timeout_s: float) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"Ray head did not come up in {timeout_s:.0f} s; log: {head.log_path}")
+
+
+@dataclass
+class LocalWorker:
+    """A worker node of a `LocalHead`, stopped like the head (its own process group and temp dir)."""
+
+    temp_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+    resources: dict[str, float]
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in pids_using(self.temp_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def can_hide_paths() -> bool:
+    """Whether `unshare --mount` + tmpfs works here (root on Linux with util-linux)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def start_worker(head: LocalHead, *, attempts: int = 3, **kwargs) -> LocalWorker:
+    """`_start_worker`, tried again when Ray's own 30 s raylet start-up wait runs out (a loaded machine)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_worker(head, **kwargs)
+        except RuntimeError as exc:
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_worker(
+    head: LocalHead,
+    *,
+    num_cpus: int,
+    num_gpus: int = 0,
+    resources: dict[str, float],
+    hide: tuple[Path, ...] = (),
+    env: dict[str, str] | None = None,
+    timeout_s: float = 90.0,
+) -> LocalWorker:
+    """`ray start --address` a worker node on this machine (free ports, own temp dir, custom resources).
+
+    Each folder in `hide` gets an empty tmpfs mounted over it in the node's own mount namespace, before Ray
+    starts there: nothing on the node can read or write what lies under it on the host. The node's temp dir
+    is made inside that view (it may lie under a hidden folder such as /tmp).
+    """
+    temp_dir = Path(tempfile.mkdtemp(prefix="raywk-", dir="/tmp"))
+    names = ("node_manager", "object_manager", "metrics", "agent_http", "agent_grpc", "runtime_env")
+    ports = {name: free_port() for name in names}
+    log_path = Path(tempfile.mkdtemp(prefix="raywk-log-", dir="/tmp")) / "ray-start.log"
+    ray_cmd = [
+        str(RAY_BIN), "start", f"--address={head.gcs_address}", "--block", "--disable-usage-stats",
+        f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
+        f"--resources={json.dumps(resources)}", "--node-ip-address=127.0.0.1",
+        f"--node-manager-port={ports['node_manager']}", f"--object-manager-port={ports['object_manager']}",
+        f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent_http']}",
+        f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+        f"--runtime-env-agent-port={ports['runtime_env']}",
+        "--object-store-memory=200000000",
+    ]  # fmt: skip
+    cmd = ray_cmd
+    if hide:
+        # $1..$n: folders to hide, then "--", then the ray command. Mounted in order; a folder under an
+        # earlier tmpfs is created inside it first.
+        script = (
+            'while [ "$1" != "--" ]; do mkdir -p "$1" && mount -t tmpfs -o size=256m tmpfs "$1" || exit 97; '
+            'shift; done; shift; mkdir -p "$TRIPOSR_NODE_TEMP"; exec "$@"'
+        )
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "hide",
+               *[str(p) for p in hide], "--", *ray_cmd]  # fmt: skip
+    # The head's token file may lie under a hidden folder: the node gets the token itself.
+    node_env = {k: v for k, v in _ray_env(head.token_path).items() if k != "RAY_AUTH_TOKEN_PATH"}
+    node_env.update(env or {})
+    node_env.update(RAY_AUTH_TOKEN=head.token_path.read_text().strip(), TRIPOSR_NODE_TEMP=str(temp_dir))
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=node_env, start_new_session=True
+        )
+    worker = LocalWorker(temp_dir=temp_dir, process=process, log_path=log_path, resources=resources)
+    try:
+        _wait_for_node(head, worker, timeout_s)
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def _wait_for_node(head: LocalHead, worker: LocalWorker, timeout_s: float) -> None:
+    """Until the head lists a live node carrying the worker's custom resources."""
+    key = next(iter(worker.resources))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"ray start (worker) exited early:\n{worker.log_path.read_text()[-3000:]}")
+        status = subprocess.run(
+            [str(RAY_BIN), "status", f"--address={head.gcs_address}"], env=head.env(), capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        if key in status.stdout:
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"worker node did not join in {timeout_s:.0f} s; log: {worker.log_path}")

@@ -237,7 +237,7 @@ def test_ray_job_submit_runs_the_batch_and_reports_every_item(own_tmp, ray_head,
     assert max(by_id[n]["batch_items"] for n in ("tyre0", "tyre1", "tyre2")) == 2
     assert (out / "summary.csv").read_text().count("\n") == 6
     assert "MapBatches(Reconstructor)" in (out / "ray_data_stats.txt").read_text()
-    assert not list(out.glob(".*partial*"))
+    assert not list(out.glob(".*.tmp"))  # no temporary file of the atomic writer is left behind
 
     # Running it again is a resume: every finished item is skipped, only the failed one would run again.
     todo, _ = batch.split_done(batch.discover_items(src, out, JobParams()))

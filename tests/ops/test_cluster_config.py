@@ -113,12 +113,14 @@ def test_rayservice_groups_mirror_cluster_yaml(rayservice, cluster):
     assert "nvidia.com/gpu" not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     for g in groups.values():
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
-    # Every pod mounts the shared data folder the Serve config's data_dir points at.
+    # The head pod (the Ingress's) mounts the data folder the Serve config's data_dir points at; worker pods
+    # need no shared file system and mount nothing there.
     data_dir = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]["args"]["data_dir"]
-    pods = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
-    for pod in pods:
-        mounts = pod["template"]["spec"]["containers"][0]["volumeMounts"]
-        assert any(m["mountPath"] == data_dir for m in mounts)
+    head_mounts = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert any(m["mountPath"] == data_dir for m in head_mounts)
+    for pod in spec["workerGroupSpecs"]:
+        mounts = pod["template"]["spec"]["containers"][0].get("volumeMounts", [])
+        assert not any(m["mountPath"] == data_dir for m in mounts)
 
 
 def test_dockerfile_copies_every_package_and_caches_weights():

@@ -1,4 +1,4 @@
-"""pipeline/runner.py: a whole job in-process (tiny model, real u2netp), and the per-frame mesh files."""
+"""pipeline/runner.py: a whole job in-process (tiny model, real u2netp), and the stages over bytes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import trimesh
 
 from pipeline.params import JobParams
-from pipeline.runner import load_mesh, run_pipeline, save_mesh
+from pipeline.runner import preprocess_files, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,11 @@ def test_run_pipeline_writes_a_glb_and_reports_frames_and_timings(tmp_path, tiny
     assert sum(len(g.faces) for g in scene.geometry.values()) > 0
 
 
-def test_mesh_files_round_trip_exactly_including_colours_and_empty(tmp_path):
-    box = trimesh.creation.box()
-    box.visual.vertex_colors = np.tile(np.array([[10, 20, 30, 255]], np.uint8), (len(box.vertices), 1))
-    again = load_mesh(save_mesh(box, tmp_path / "m.npz"))
-    assert np.array_equal(again.faces, box.faces) and np.allclose(again.vertices, box.vertices)
-    assert np.array_equal(again.visual.vertex_colors, box.visual.vertex_colors)
-    assert len(load_mesh(save_mesh(trimesh.Trimesh(), tmp_path / "e.npz")).faces) == 0
+def test_preprocess_files_reads_uploaded_bytes_without_a_shared_path(tmp_path, remover):
+    from tests.media import make_ring_video
+
+    video = make_ring_video(tmp_path / "ring.mp4", width=160, height=120, fps=12, duration_s=2.0).path
+    payload = preprocess_files([("ring.mp4", video.read_bytes())], JobParams(num_frames=2), remover)
+    assert payload["kind"] == "video"
+    assert payload["frames"].shape == (2, 512, 512, 3) and payload["frames"].dtype == np.uint8
+    assert len(payload["scores"]) == 2

@@ -72,3 +72,11 @@ def test_config_args_are_valid_builder_args_and_settings(raw):
     args = AppArgs.model_validate(raw["applications"][0]["args"])
     settings = Settings().merged(args.model_dump(exclude_none=True))
     assert settings.max_running_jobs >= 1
+
+
+def test_no_deploy_config_arms_the_test_fault_hook():
+    """The poison-frame hook (deployments/faults.py) needs TRIPOSR_TEST_FAULTS; no deploy config sets it."""
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "serve_config.yaml", root / "deploy" / "rayservice.yaml", root / "cluster.yaml",
+                 root / "Dockerfile"):  # fmt: skip
+        assert "TRIPOSR_TEST_FAULTS" not in path.read_text(), path

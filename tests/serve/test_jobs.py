@@ -9,8 +9,8 @@ import time
 import pytest
 
 from pipeline.params import JobParams
-from serve_app.errors import JobAlreadyFinished, JobNotFound
-from serve_app.jobs import MIGRATIONS, InvalidTransition, JobState, JobStore
+from serve_app.errors import JobAlreadyFinished, JobNotFound, StoreUnavailable
+from serve_app.jobs import MIGRATIONS, InvalidTransition, JobState, JobStore, LostOwnership
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_orphaned_job_is_requeued_then_failed_after_max_attempts(store):
 def test_live_heartbeat_protects_a_running_job(store):
     job, _ = store.create(JobParams())
     store.claim_next("alive")
-    store.heartbeat("alive")
+    assert store.heartbeat("alive", [job.id]) == set()
     assert store.recover_orphans(stale_before=time.time() - 60, max_attempts=2) == 0
     assert store.get(job.id).state == JobState.PREPROCESSING
 
@@ -180,3 +180,65 @@ def test_old_schema_is_migrated_in_place_keeping_rows(tmp_path):
     assert store.schema_version() == len(MIGRATIONS) >= 2
     assert store.get("old").state == JobState.QUEUED
     assert store.events_since("old")[0]["kind"] == "state"
+
+
+def test_heartbeat_reports_jobs_the_runner_no_longer_owns(store):
+    mine, _ = store.create(JobParams())
+    store.claim_next("me")
+    other, _ = store.create(JobParams())
+    store.claim_next("someone-else")
+    assert store.heartbeat("me", [mine.id, other.id]) == {other.id}
+    store.transition(mine.id, JobState.FAILED, owned_by="me")
+    assert store.heartbeat("me", [mine.id]) == set()  # ended by its runner: not lost, just done
+
+
+def test_recovered_job_cannot_be_written_by_its_old_owner(store):
+    job, _ = store.create(JobParams())
+    store.claim_next("paused-owner")
+    assert store.recover_orphans(stale_before=time.time() + 1, max_attempts=3) == 1
+    store.claim_next("new-owner")
+    with pytest.raises(LostOwnership):
+        store.transition(job.id, JobState.RECONSTRUCTING, owned_by="paused-owner")
+    with pytest.raises(LostOwnership):
+        store.update(job.id, owned_by="paused-owner", progress=0.5)
+    assert store.heartbeat("paused-owner", [job.id]) == {job.id}
+    done = store.transition(job.id, JobState.RECONSTRUCTING, owned_by="new-owner")
+    assert done.owner == "new-owner" and done.attempts == 2
+
+
+def test_recovery_and_claims_never_give_one_job_to_two_owners(tmp_path):
+    """Two stores on one file (two ingress replicas) race to recover and claim the same orphans."""
+
+    first, second = JobStore(tmp_path / "j.sqlite3"), JobStore(tmp_path / "j.sqlite3")
+    ids = [first.create(JobParams())[0].id for _ in range(6)]
+    for _ in ids:
+        first.claim_next("dead")
+    cut = time.time() + 0.01  # the dead owner's heartbeats are older; the live claims below are newer
+    time.sleep(0.02)
+    claims: list[tuple[str, str]] = []
+
+    def replica(store: JobStore, owner: str) -> None:
+        store.recover_orphans(stale_before=cut, max_attempts=3)
+        while (job := store.claim_next(owner)) is not None:
+            claims.append((owner, job.id))
+
+    threads = [threading.Thread(target=replica, args=(s, o)) for s, o in ((first, "a"), (second, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(job_id for _, job_id in claims) == sorted(ids)
+    assert all(first.get(job_id).owner == owner for owner, job_id in claims)
+
+
+def test_sqlite_errors_leave_the_store_as_store_unavailable(tmp_path):
+    store = JobStore(tmp_path / "j.sqlite3")
+    blocker = sqlite3.connect(tmp_path / "j.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holding the write lock past the timeout
+    store._conn().execute("PRAGMA busy_timeout = 100")
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.create(JobParams())
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
