@@ -25,7 +25,6 @@ import enum
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import pygltflib
 import trimesh
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import InvalidParameter
 from pipeline.params import OBJECT_SIZE_M_RANGE, TARGET_FACES_RANGE, MeshFormat
 
@@ -136,7 +136,7 @@ def export_result(
         data = glb_bytes(parts, extras)
     else:
         data = _trimesh_bytes(parts, format)
-    _write_atomic(path, data)
+    write_atomic(path, data)
     logger.info("exported %s faces=%d to %s", format.value, export_info["faces"], path)
     return path
 
@@ -273,21 +273,6 @@ def _trimesh_bytes(parts: list[tuple[str, trimesh.Trimesh]], format: MeshFormat)
     mesh = parts[0][1] if len(parts) == 1 else trimesh.util.concatenate([m for _, m in parts])
     data = mesh.export(file_type=format.value)
     return data.encode("utf-8") if isinstance(data, str) else data
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the destination folder, fsync, then rename over `path` (never a partial
-    file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value: Any) -> Any:

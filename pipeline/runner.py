@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.atomic import write_with
 from pipeline.params import JobParams
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ def preprocess_stage(input_path: Path, params: JobParams, remover: BackgroundRem
     )
 
 
-
 def preprocess_payload(
     input_path: Path, params: JobParams, remover: BackgroundRemover | None
 ) -> dict[str, Any]:
@@ -56,6 +56,7 @@ def preprocess_payload(
         "reports": [r.to_dict() for r in result.reports],
         "kind": str(getattr(result.kind, "value", result.kind)),
     }
+
 
 def reconstruct_frames(
     model: TripoSR, frames: Sequence[np.ndarray], resolutions: Sequence[int]
@@ -116,11 +117,7 @@ def save_mesh(mesh: trimesh.Trimesh, path: Path) -> Path:
     arrays = {"vertices": np.asarray(mesh.vertices, np.float32), "faces": np.asarray(mesh.faces, np.int64)}
     if colors is not None and len(colors) == len(mesh.vertices):
         arrays["colors"] = np.asarray(colors, np.uint8)
-    partial = path.with_name(path.name + ".part")
-    with partial.open("wb") as f:
-        np.savez(f, **arrays)
-    partial.replace(path)
-    return path
+    return write_with(path, lambda f: np.savez(f, **arrays))
 
 
 def load_mesh(path: Path) -> trimesh.Trimesh:

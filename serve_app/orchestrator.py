@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.atomic import copy_atomic
 from pipeline.params import JobParams
 from serve_app.errors import job_error_from_exception
 from serve_app.jobs import InvalidTransition, Job, JobState, JobStore
@@ -395,7 +396,6 @@ class Orchestrator:
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
+    """Copy into an output root without following a planted link (pipeline.atomic)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
-    shutil.copyfile(src, partial)
-    partial.replace(dest)
+    copy_atomic(src, dest)
