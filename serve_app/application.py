@@ -67,6 +67,15 @@ class AppArgs(BaseModel):
     max_attempts: int | None = None
     max_upload_files: int | None = None
     torch_threads: int | None = None
+    allow_anonymous: bool | None = None
+    max_video_pixels: int | None = None
+    max_video_duration_s: float | None = None
+    max_video_frames: int | None = None
+    max_archive_members: int | None = None
+    max_queued_jobs_per_client: int | None = None
+    client_address_header: str | None = None
+    min_free_disk_bytes: int | None = None
+    orphan_upload_after_s: float | None = None
     default_num_frames: int | None = None
     default_mc_resolution: int | None = None
     default_foreground_ratio: float | None = None
