@@ -19,6 +19,7 @@ from ray.serve import Application
 from deployments.export import Export
 from deployments.preprocess import Preprocess
 from deployments.reconstruct import Reconstruct
+from serve_app.exposure import check_exposure, serve_http_host
 from serve_app.ingress import build_app
 from serve_app.orchestrator import ServeWorkers
 from serve_app.settings import Settings
@@ -112,5 +113,8 @@ def app(args: AppArgs) -> Application:
         overrides["output_roots"] = overrides["output_roots"].split(",")
     settings = Settings.from_env().merged(overrides)
     settings = settings.merged({"data_dir": str(Path(settings.data_dir).resolve())})
+    host = serve_http_host()
+    if host is not None:
+        check_exposure(host, settings)
     logger.info("building app: data_dir=%s model_source=%s", settings.data_dir, settings.model_source)
     return build(settings)
