@@ -281,7 +281,11 @@ class Service:
         if raw is None or raw == "":
             return None
         path = resolve_under(raw, self.settings.output_roots, what="output_glb_path", must_exist=False)
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError as exc:
+            raise se.InvalidInput(f"output_glb_path {raw!r} cannot be used: {exc.strerror}") from None
+        if is_dir:
             raise se.InvalidInput(f"output_glb_path {raw!r} is a folder; give a file path")
         return path
 
