@@ -31,6 +31,15 @@ JOB_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
 }
+# One Server-Sent Event as parsed from the stream (`id:`, `event:`, `data:` lines; data is the event JSON).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},  # state, progress, cancel; more kinds may come
+        "data": {"type": "string"},
+    },
+}
 ERROR = _json(_ref("Error"), "an error: {error: {code, message}}")
 AUTH_NOTE = "Needs `Authorization: Bearer <token>` when the service has an api_token."
 
@@ -207,7 +216,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {
             "200": {
                 "description": "event stream",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": SSE_EVENT}},
             },
             "default": ERROR,
         },
