@@ -1,14 +1,14 @@
-"""Service overhead: the same 8-frame job through HTTP (Ray Serve, three deployments) vs in-process.
+"""Service overhead: the same job through HTTP (`triposr-serve start`, as a user runs it) vs in-process.
 
-    python benchmarks/bench_serve.py                     # full-size weights from /work/fullckpt if present
-    python benchmarks/bench_serve.py --model-source tests/fixtures/tiny --repeats 3
+    python benchmarks/bench_serve.py --model-source /tmp/fullckpt   # from shared/tools/make_full_ckpt.py
+    python benchmarks/bench_serve.py --model-source tests/fixtures/tiny --frames 8 --repeats 3
 
 Both paths run the same stage functions (pipeline/runner.py) on the same generated ring video with the same
-parameters: preprocess (u2netp) -> one batched encode of 8 frames + marching cubes per frame -> fuse ->
-export. The in-process path runs first, before Ray starts, so the idle cluster does not steal its CPU; then
-the app is deployed (CPU-only: Reconstruct gets num_gpus 0 and the same torch thread count) and the job is
-submitted over HTTP, waited for and downloaded. Prints median seconds of each and `http/in_process`. Not a
-test.
+parameters (default: 1 frame, mc_resolution 128): preprocess (u2netp) -> encode + marching cubes -> fuse ->
+export. The in-process path runs first, in this process, before the service starts, so an idle Ray does not
+steal its CPU; then `triposr-serve start` is launched as a subprocess with its own sizing for this machine
+(the CPU shares and torch threads a user gets), the job is submitted over HTTP, waited for and downloaded.
+Prints median seconds of each and `http/in_process`. Not a test.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-FULL_CKPT = Path("/work/fullckpt")
+FULL_CKPT = Path("/tmp/fullckpt")
 
 
 def free_port() -> int:
@@ -62,25 +62,31 @@ def in_process(video: Path, out_dir: Path, params, settings, repeats: int, warmu
 
 
 def over_http(video: Path, params, settings, repeats: int, warmup: int) -> list[float]:
+    import subprocess
+
     import httpx
-    import ray
-    from ray import serve
 
-    from serve_app.application import build
-
-    ray.init(
-        num_cpus=6, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-    )  # fmt: skip
     port = free_port()
+    cmd = [sys.executable, "-m", "serve_app.cli", "start", "--port", str(port),
+           "--data-dir", str(settings.data_dir), "--model-source", settings.model_source,
+           "--rembg-model", settings.rembg_model, "--rembg-dir", str(settings.rembg_dir)]  # fmt: skip
+    service = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        options = {"Reconstruct": {"ray_actor_options": {"num_cpus": 2, "num_gpus": 0},
-                                   "user_config": {"max_batch_size": params.num_frames,
-                                                   "batch_wait_timeout_s": 0.05}}}  # fmt: skip
-        serve.run(build(settings, options), name="bench", route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600
+        while True:
+            if service.poll() is not None:
+                raise RuntimeError("triposr-serve start exited")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("service not ready in 600 s")
+            time.sleep(0.5)
         times = []
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+        with httpx.Client(base_url=base, timeout=600) as client:
             for i in range(warmup + repeats):
                 t0 = time.perf_counter()
                 with video.open("rb") as f:
@@ -105,8 +111,10 @@ def over_http(video: Path, params, settings, repeats: int, warmup: int) -> list[
                     times.append(elapsed)
         return times
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        import signal
+
+        service.send_signal(signal.SIGINT)
+        service.wait(timeout=60)
 
 
 def _form(params) -> dict[str, str]:
@@ -132,11 +140,11 @@ def main() -> None:
     )
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-source", default=str(default_model))
-    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=1)
     ap.add_argument("--mc-resolution", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads on both paths")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads in-process")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ class Preprocess:
         self.remover = BackgroundRemover(
             model_name=settings.rembg_model,
             model_dir=settings.rembg_dir,
-            num_threads=max(1, int(assigned.get("CPU", 1))),
+            num_threads=settings.rembg_threads or max(1, math.ceil(assigned.get("CPU", 1))),
         )
 
     async def __call__(self, job_id: str, input_path: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -44,7 +45,7 @@ class Reconstruct:
 
         assigned = ray.get_runtime_context().get_assigned_resources()
         gpu_share = float(assigned.get("GPU", 0.0))
-        torch.set_num_threads(settings.torch_threads or max(1, int(assigned.get("CPU", 1))))
+        torch.set_num_threads(settings.torch_threads or max(1, math.ceil(assigned.get("CPU", 1))))
         self.model = load_model(
             settings.model_source, device=settings.model_device, half=settings.model_half,
             chunk_size=settings.chunk_size,

@@ -45,6 +45,7 @@ class JobParams:
     format: MeshFormat = MeshFormat.GLB
     object_size_m: float | None = None  # largest dimension in metres (TripoSR has no scale)
     target_faces: int | None = None  # decimate the result to about this many faces
+    strict: bool = False  # refuse input whose frames all fail the framing checks (default: best effort)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> JobParams:
@@ -133,4 +134,5 @@ _PARSERS = {
     "format": _enum(MeshFormat),
     "object_size_m": _float_in(*OBJECT_SIZE_M_RANGE),
     "target_faces": _int_in(*TARGET_FACES_RANGE),
+    "strict": _bool,
 }

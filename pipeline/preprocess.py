@@ -54,6 +54,10 @@ REASON_TEXT = {
     "surplus": "more images than num_frames; a sharper one nearby was used",
 }
 
+# Framing problems that still leave a usable object: when no candidate is clean, the best of these is used
+# (best-effort, with a warning) unless the job is strict. An empty foreground or unreadable input never is.
+BEST_EFFORT_REASONS = ("cut_by_border", "tiny_foreground")  # preferred first
+
 
 @dataclass
 class FrameReport:
@@ -66,6 +70,7 @@ class FrameReport:
     reason: str | None  # None when chosen, else a key of REASON_TEXT
     sharpness: float  # variance of the Laplacian on a 512-px grey thumbnail
     foreground_fraction: float | None  # share of the picture that is object; None when not measured
+    warning: str | None = None  # chosen despite this framing problem (a BEST_EFFORT_REASONS key)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +85,7 @@ class Preprocessed:
     scores: list[float]  # per chosen frame, in (0, 1], higher = better (the sharpest frame scores 1)
     kind: Kind
     info: dict[str, Any] = field(default_factory=dict)  # e.g. video size, duration, fps, selection mode
+    warnings: list[dict[str, str]] = field(default_factory=list)  # [{code, message}] for the user
 
     @property
     def chosen(self) -> list[FrameReport]:
@@ -94,6 +100,7 @@ def preprocess_input(
     remove_background: bool = True,
     remover: BackgroundRemover | None = None,
     size: int = 512,
+    strict: bool = False,
 ) -> Preprocessed:
     """Turn a video, an image, a folder or list of images, or a zip of images into framed RGB frames.
 
@@ -105,6 +112,9 @@ def preprocess_input(
     remove_background : run rembg on frames without a meaningful alpha channel; False frames them as they are.
     remover : the process's BackgroundRemover; None builds the default one (u2net) on first use.
     size : output side in pixels.
+    strict : refuse the input when no candidate passes the framing checks. Otherwise (photos are often all a
+        user has) the best candidate that shows an object cut by the border or small in the picture is used,
+        and `warnings` says what was wrong and how to film better.
 
     Returns Preprocessed (see its fields). Raises InvalidInput (and subclasses) for unreadable or unsafe
     input, InvalidParameter for out-of-range arguments, NoUsableFrames when every candidate was rejected.
@@ -125,25 +135,38 @@ def preprocess_input(
 
     frames: list[np.ndarray] = []
     reports: list[FrameReport] = []
+    fallback: tuple[tuple[int, float], np.ndarray, FrameReport] | None = None  # (rank, framed, report)
     for cand in candidates:
         fraction: float | None = None
+        framed: np.ndarray | None = None
         if cand.reason is None:
             framed, fraction, cand.reason = _frame(cand, foreground_ratio, size, remove_background, remover)
-            if framed is not None:
-                frames.append(framed)
-        reports.append(
-            FrameReport(
-                index=cand.index,
-                timestamp_s=cand.timestamp_s,
-                source=cand.source,
-                chosen=cand.reason is None,
-                reason=cand.reason,
-                sharpness=round(cand.sharpness, 3),
-                foreground_fraction=None if fraction is None else round(fraction, 5),
-            )
+        report = FrameReport(
+            index=cand.index,
+            timestamp_s=cand.timestamp_s,
+            source=cand.source,
+            chosen=cand.reason is None,
+            reason=cand.reason,
+            sharpness=round(cand.sharpness, 3),
+            foreground_fraction=None if fraction is None else round(fraction, 5),
         )
+        reports.append(report)
+        if report.chosen:
+            assert framed is not None
+            frames.append(framed)
+        elif framed is not None and not strict and not frames:
+            # Keep only the best framing-problem candidate so far: its pixels, nobody else's.
+            rank = (-BEST_EFFORT_REASONS.index(report.reason), report.sharpness)
+            if fallback is None or rank > fallback[0]:
+                fallback = (rank, framed, report)
         cand.image = cand.alpha = None  # type: ignore[assignment]  # free full-size pixels as we go
 
+    warnings: list[dict[str, str]] = []
+    if not frames and fallback is not None:
+        _, framed, report = fallback
+        report.chosen, report.warning, report.reason = True, report.reason, None
+        frames.append(framed)
+        warnings.append(_best_effort_warning(report, len(reports)))
     if not frames:
         raise NoUsableFrames(_no_frames_message(reports))
     best = max(r.sharpness for r in reports if r.chosen) or 1.0
@@ -152,7 +175,7 @@ def preprocess_input(
         "preprocessed %s input: %d of %d candidates chosen (%s)",
         kind, len(frames), len(reports), dict(Counter(r.reason for r in reports if not r.chosen)),
     )  # fmt: skip
-    return Preprocessed(np.stack(frames), reports, scores, kind, info)
+    return Preprocessed(np.stack(frames), reports, scores, kind, info, warnings)
 
 
 def _frame(
@@ -171,10 +194,23 @@ def _frame(
         return frame_object(cand.image, None, size=size), None, None
     fg = assess_foreground(alpha)
     problem = fg.problem(alpha.shape)
-    if problem is not None:
+    if problem is not None and problem not in BEST_EFFORT_REASONS:
         return None, fg.fraction, problem
+    # A framing problem still gets framed: it is the best-effort fallback if no candidate is clean.
     framed = frame_object(cand.image, alpha, foreground_ratio=foreground_ratio, size=size, bbox=fg.bbox)
-    return framed, fg.fraction, None
+    return framed, fg.fraction, problem
+
+
+def _best_effort_warning(report: FrameReport, candidates: int) -> dict[str, str]:
+    what = "photo" if report.timestamp_s is None else "video frame"
+    return {
+        "code": str(report.warning),
+        "message": (
+            f"no {what} among {candidates} candidate(s) passed the framing checks; used {report.source!r}, "
+            f"where {REASON_TEXT[str(report.warning)]}. The mesh may "
+            "be incomplete or coarse; set strict=true to refuse such input instead"
+        ),
+    }
 
 
 def _no_frames_message(reports: list[FrameReport]) -> str:

@@ -41,6 +41,7 @@ def preprocess_stage(input_path: Path, params: JobParams, remover: BackgroundRem
         foreground_ratio=params.foreground_ratio,
         remove_background=params.remove_background,
         remover=remover if params.remove_background else None,
+        strict=params.strict,
     )
 
 
@@ -48,13 +49,14 @@ def preprocess_payload(
     input_path: Path, params: JobParams, remover: BackgroundRemover | None
 ) -> dict[str, Any]:
     """`preprocess_stage` packed as the message a job's orchestrator receives (from a replica or in-process):
-    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str}."""
+    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str, warnings: [{code, message}]}."""
     result = preprocess_stage(input_path, params, remover)
     return {
         "frames": result.frames,
         "scores": [float(s) for s in result.scores],
         "reports": [r.to_dict() for r in result.reports],
         "kind": str(getattr(result.kind, "value", result.kind)),
+        "warnings": list(result.warnings),
     }
 
 
@@ -150,8 +152,9 @@ def run_pipeline(
     timings["reconstruct"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     path, fusion = merge_stage(
-        meshes, pre.scores, params, Path(output_path), metadata={"params": params.to_dict()}
-    )
+        meshes, pre.scores, params, Path(output_path),
+        metadata={"params": params.to_dict(), "warnings": pre.warnings},
+    )  # fmt: skip
     timings["merge"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     logger.info("pipeline done: %d frames -> %s in %.2fs", len(pre.frames), path, timings["total"])
@@ -161,4 +164,5 @@ def run_pipeline(
         "frames": [r.to_dict() for r in pre.reports],
         "fusion": fusion,
         "timings": timings,
+        "warnings": pre.warnings,
     }

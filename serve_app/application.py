@@ -68,6 +68,7 @@ class AppArgs(BaseModel):
     max_attempts: int | None = None
     max_upload_files: int | None = None
     torch_threads: int | None = None
+    rembg_threads: int | None = None
     allow_anonymous: bool | None = None
     max_video_pixels: int | None = None
     max_video_duration_s: float | None = None
@@ -104,15 +105,20 @@ def build(settings: Settings, options: dict[str, dict[str, Any]] | None = None) 
     )
 
 
-def app(args: AppArgs) -> Application:
-    """Serve app builder: environment (TRIPOSR_SERVE_*) overridden by the given arguments."""
+def settings_from_args(args: AppArgs, base: Settings) -> Settings:
+    """`base` (the environment) overridden by builder arguments: what `app` deploys, check-config checks."""
     overrides = args.model_dump(exclude_none=True)
     if isinstance(overrides.get("input_roots"), str):
         overrides["input_roots"] = overrides["input_roots"].split(",")
     if isinstance(overrides.get("output_roots"), str):
         overrides["output_roots"] = overrides["output_roots"].split(",")
-    settings = Settings.from_env().merged(overrides)
-    settings = settings.merged({"data_dir": str(Path(settings.data_dir).resolve())})
+    settings = base.merged(overrides)
+    return settings.merged({"data_dir": str(Path(settings.data_dir).resolve())})
+
+
+def app(args: AppArgs) -> Application:
+    """Serve app builder: environment (TRIPOSR_SERVE_*) overridden by the given arguments."""
+    settings = settings_from_args(args, Settings.from_env())
     host = serve_http_host()
     if host is not None:
         check_exposure(host, settings)

@@ -60,6 +60,7 @@ _EMPTY_ROW: dict[str, Any] = {
     "frames_rejected": 0,
     "scores": "[]",
     "frame_reports": "[]",
+    "warnings": "[]",
     "meshes": b"",
     "preprocess_s": 0.0,
     "reconstruct_s": 0.0,
@@ -272,6 +273,7 @@ def preprocess_batch(batch: Mapping[str, np.ndarray], settings: Settings) -> dic
                 frames_rejected=sum(1 for r in pre.reports if not r.chosen),
                 scores=json.dumps([float(s) for s in pre.scores]),
                 frame_reports=json.dumps([r.to_dict() for r in pre.reports]),
+                warnings=json.dumps(pre.warnings),
             )
         except Exception as exc:  # per-item isolation: anything an item raises stays with that item
             _fail(row, "preprocess", exc)
@@ -406,7 +408,9 @@ def _merge_one(row: dict[str, Any], merge_stage: Callable[..., tuple[Path, dict[
     final.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name, then renamed: an output file that exists is always complete (resume).
     partial = final.with_name(f".{final.stem}.partial{final.suffix}")
-    metadata = {"item_id": row["item_id"], "source": Path(row["input"]).name, "params": params.to_dict()}
+    warnings = json.loads(row["warnings"])
+    metadata = {"item_id": row["item_id"], "source": Path(row["input"]).name, "params": params.to_dict(),
+                "warnings": warnings}  # fmt: skip
     written, fusion = merge_stage(unpack_meshes(row["meshes"]), json.loads(row["scores"]), params, partial,
                                   metadata=metadata, job_id=row["item_id"])  # fmt: skip
     report = {
@@ -414,6 +418,7 @@ def _merge_one(row: dict[str, Any], merge_stage: Callable[..., tuple[Path, dict[
         "input": row["input"],
         "params": params.to_dict(),
         "frames": json.loads(row["frame_reports"]),
+        "warnings": warnings,
         "fusion": fusion,
         "timings_s": {"preprocess": row["preprocess_s"], "reconstruct": row["reconstruct_s"]},
     }

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.atomic import write_with
+from serve_app.settings import CliSettings
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -50,7 +50,7 @@ class _ProgressReader:
 def _client(args: argparse.Namespace) -> Any:
     import httpx
 
-    token = args.token or os.environ.get("TRIPOSR_SERVE_API_TOKEN")
+    token = args.token or CliSettings.from_env().api_token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=args.url, headers=headers, timeout=httpx.Timeout(60.0, read=None))
 
@@ -89,6 +89,8 @@ def _params(args: argparse.Namespace) -> dict[str, str]:
     out = {n: str(getattr(args, n)) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "keep_background", False):
         out["remove_background"] = "false"
+    if getattr(args, "strict", False):
+        out["strict"] = "true"
     return out
 
 
@@ -251,38 +253,33 @@ def _guard_start(host: str, settings: Any) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    """Ray + Serve on this machine (no `ray start` needed), until Ctrl-C."""
-    import ray
-    import torch
-    from ray import serve
-
-    from serve_app.application import build
+    """Ray + Serve on this machine (no `ray start` needed), sized to it, until Ctrl-C or SIGTERM."""
+    from serve_app.launcher import StartError, run_local_service
 
     settings = _settings(args)
     _guard_start(args.host, settings)
-    options: dict[str, dict[str, Any]] = {}
-    has_gpu = torch.cuda.is_available()
-    if not has_gpu:  # a fractional GPU request would never schedule on a CPU-only machine
-        options["Reconstruct"] = {"ray_actor_options": {"num_cpus": 1, "num_gpus": 0}}
-    root = str(Path(__file__).resolve().parent.parent)
-    ray.init(
-        num_cpus=args.num_cpus,
-        include_dashboard=args.dashboard,
-        runtime_env={"env_vars": {"PYTHONPATH": root}},
-        logging_level=logging.WARNING,
-    )
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        print(f"starting (model {settings.model_source}, data {settings.data_dir}, GPU: {has_gpu}) ...")
-        serve.run(build(settings, options), name="triposr", route_prefix="/")
-        print(f"ready at http://{args.host}:{args.port}  (Ctrl-C to stop)")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping ...")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        return run_local_service(
+            settings, host=args.host, port=args.port or CliSettings.from_env().port, num_cpus=args.num_cpus,
+            dashboard=args.dashboard, verbose=args.verbose,
+        )  # fmt: skip
+    except StartError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a Serve config file and check that its replicas fit a cluster, before `serve deploy`."""
+    from serve_app.config_check import check_serve_config
+
+    problems, summary = check_serve_config(
+        Path(args.config), address=args.address, cluster_config=args.cluster,
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+    )  # fmt: skip
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"ok: {summary}")
     return 0
 
 
@@ -331,6 +328,10 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--object-size-m", type=float, help="scale the largest dimension to this many metres")
     p.add_argument("--target-faces", type=int, help="decimate the result to about this many faces")
     p.add_argument("--keep-background", action="store_true", help="skip background removal")
+    p.add_argument(
+        "--strict", action="store_true",
+        help="refuse input whose frames all fail the framing checks (default: best effort, with a warning)",
+    )  # fmt: skip
 
 
 def _local_args(p: argparse.ArgumentParser) -> None:
@@ -348,17 +349,28 @@ def parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=os.environ.get("TRIPOSR_SERVE_URL", DEFAULT_URL))
+        p.add_argument("--url", default=CliSettings.from_env().url, help="default: $TRIPOSR_SERVE_URL")
         p.add_argument("--token", help="bearer token (default: $TRIPOSR_SERVE_API_TOKEN)")
         return p
 
     p = sub.add_parser("start", help="run Ray Serve with the app on this machine until Ctrl-C")
     _local_args(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, help="HTTP port (default: $TRIPOSR_SERVE_PORT or 8000)")
     p.add_argument("--num-cpus", type=int, help="CPUs Ray may use (default: all)")
     p.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard")
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser(
+        "check-config", help="validate a Serve config file and check its replicas fit the cluster"
+    )
+    p.add_argument("config", help="serve_config.yaml (the `serve run` / `serve deploy` format)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--address", help="a running Ray cluster (e.g. auto, or HEAD:6379): its live nodes")
+    where.add_argument("--cluster", help="a Ray cluster-launcher YAML: the largest cluster it can grow to")
+    p.add_argument("--num-cpus", type=float, help="this machine's CPUs for the check (default: all)")
+    p.add_argument("--num-gpus", type=float, help="this machine's GPUs for the check (default: CUDA's)")
+    p.set_defaults(func=cmd_check_config)
 
     p = client_cmd("submit", "upload a video, images or a zip; follow progress; download the result")
     p.add_argument("inputs", nargs="+", help="one video / zip, or several images")

@@ -163,6 +163,9 @@ class Service:
     # -- routes --------------------------------------------------------------------------------------------
     async def submit(self, request: Request) -> Response:
         self.authorize(request.headers)
+        failed = [p.public for p in await self.workers.unavailable() if p.failed]
+        if failed:  # a job now would only wait for job_timeout_s
+            raise se.NotReady(f"the service cannot take jobs: {'; '.join(failed)}")
         key = request.headers.get("idempotency-key")
         if key is not None:
             if not IDEMPOTENCY_KEY_RE.match(key):
@@ -403,7 +406,12 @@ class Service:
     async def readyz(self, request: Request) -> Response:
         if self.store is None or self.orchestrator is None or not self.orchestrator.ready:
             raise se.NotReady("the service is starting or stopping")
-        if not self.is_authorized(request.headers):  # anonymous probes learn ready or not, nothing more
+        problems = await self.workers.unavailable()
+        authorized = self.is_authorized(request.headers)
+        if problems:  # anonymous probes learn ready or not, nothing more
+            detail = "; ".join(p.public for p in problems) if authorized else "a worker deployment is down"
+            raise se.NotReady(f"not ready: {detail}")
+        if not authorized:
             return JSONResponse({"status": "ready"})
         counts = await asyncio.to_thread(self.store.counts)
         return JSONResponse(

@@ -131,19 +131,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE job_events ADD COLUMN kind TEXT NOT NULL DEFAULT 'state';
     """,
-    # 3: who submitted a job (client address), for the per-client queue limit
+    # 3: what the user should know about a job that succeeded anyway (best-effort framing), [{code, message}]
+    """
+    ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 4: who submitted a job (client address), for the per-client queue limit
     """
     ALTER TABLE jobs ADD COLUMN client TEXT;
     CREATE INDEX jobs_client_state ON jobs (client, state);
     """,
 ]
 
-_JSON_FIELDS = ("frames", "report", "timings")
+_JSON_FIELDS = ("frames", "report", "timings", "warnings")
 _UPDATABLE = frozenset(
     {
         "stage", "progress", "input_path", "input_kind", "output_path", "result_path", "frames", "report",
-        "timings", "error_code", "error_message", "owner", "heartbeat_at", "cancel_requested", "started_at",
-        "finished_at", "files_removed_at",
+        "timings", "warnings", "error_code", "error_message", "owner", "heartbeat_at", "cancel_requested",
+        "started_at", "finished_at", "files_removed_at",
     }
 )  # fmt: skip
 
@@ -185,6 +189,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     files_removed_at: float | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
     client: str | None = None  # submitter's address (per-client queue limit); never shown in public docs
 
     @classmethod
@@ -213,6 +218,7 @@ class Job:
             "frames": {**self.frame_counts(), "report": self.frames},
             "timings": self.timings,
             "report": self.report,
+            "warnings": self.warnings,
             "error": None
             if self.error_code is None
             else {"code": self.error_code, "message": self.error_message},

@@ -26,7 +26,9 @@ from typing import Any, Protocol
 
 from pipeline.atomic import copy_atomic
 from pipeline.params import JobParams
+from serve_app.capacity import WORKER_DEPLOYMENTS
 from serve_app.errors import job_error_from_exception
+from serve_app.health import DeploymentProblem, deployment_problems
 from serve_app.jobs import InvalidTransition, Job, JobState, JobStore
 from serve_app.metrics import ServiceMetrics
 from serve_app.settings import Settings
@@ -36,9 +38,11 @@ logger = logging.getLogger(__name__)
 # Share of progress (0..1) at the end of each stage; reconstruction advances per finished frame.
 PROGRESS_PREPROCESSED = 0.15
 PROGRESS_RECONSTRUCTED = 0.9
+STATUS_TTL_S = 2.0  # how stale the ingress's view of the worker deployments may be
 
 
 class Workers(Protocol):
+    async def unavailable(self) -> list[DeploymentProblem]: ...
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]: ...
     async def reconstruct(
         self, job_id: str, frame: Any, mesh_path: str, mc_resolution: int
@@ -55,6 +59,15 @@ class ServeWorkers:
 
     def __init__(self, preprocess: Any, reconstruct: Any, export: Any) -> None:
         self._preprocess, self._reconstruct, self._export = preprocess, reconstruct, export
+        self._problems: tuple[float, list[DeploymentProblem]] = (-STATUS_TTL_S, [])
+
+    async def unavailable(self) -> list[DeploymentProblem]:
+        """Worker deployments that are not running now, from Serve's status (read at most every 2 s)."""
+        at, problems = self._problems
+        if time.monotonic() - at >= STATUS_TTL_S:
+            problems = await asyncio.to_thread(_serve_problems)
+            self._problems = (time.monotonic(), problems)
+        return problems
 
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]:
         return await self._preprocess.remote(job_id, input_path, params.to_dict())
@@ -72,12 +85,22 @@ class ServeWorkers:
         return await self._export.remote(job_id, mesh_paths, scores, params.to_dict(), result_path, metadata)
 
 
+def _serve_problems() -> list[DeploymentProblem]:
+    from ray import serve
+
+    app_name = serve.get_replica_context().app_name
+    return deployment_problems(serve.status().applications.get(app_name), WORKER_DEPLOYMENTS)
+
+
 class LocalWorkers:
     """The same stage functions in this process, one frame at a time behind a lock (tests and small hosts)."""
 
     def __init__(self, model: Any, remover: Any) -> None:
         self.model, self.remover = model, remover
         self._lock = asyncio.Lock()
+
+    async def unavailable(self) -> list[DeploymentProblem]:
+        return []  # built in this process: running, or it would not exist
 
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]:
         from pipeline.runner import preprocess_payload
@@ -336,8 +359,8 @@ class Orchestrator:
         await self._check_cancel(job_id)
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.RECONSTRUCTING, expect=JobState.PREPROCESSING,
-            frames=pre["reports"], input_kind=pre["kind"], progress=PROGRESS_PREPROCESSED, timings=timings,
-            message=f"{count} frames selected",
+            frames=pre["reports"], input_kind=pre["kind"], warnings=pre["warnings"],
+            progress=PROGRESS_PREPROCESSED, timings=timings, message=f"{count} frames selected",
         )  # fmt: skip
 
         t1 = time.perf_counter()
@@ -375,7 +398,8 @@ class Orchestrator:
 
         t2 = time.perf_counter()
         result_path = job_dir / f"result.{params.format.value}"
-        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve"}
+        metadata = {"job_id": job_id, "params": params.to_dict(), "generator": "triposr-serve",
+                    "warnings": pre["warnings"]}  # fmt: skip
         out = await self.workers.export(job_id, mesh_paths, pre["scores"], params, str(result_path), metadata)
         if job.output_path:
             await asyncio.to_thread(_copy_atomic, Path(out["result_path"]), Path(job.output_path))
@@ -385,9 +409,10 @@ class Orchestrator:
             sum(timings[k] for k in ("queue_wait", "preprocess", "reconstruct", "merge")), 4
         )
         report = {"fusion": out["report"]}
+        summary = {"job_id": job_id, "timings": timings, "frames": pre["reports"]}
         await asyncio.to_thread(
             (job_dir / "report.json").write_text,
-            json.dumps({"job_id": job_id, "timings": timings, "frames": pre["reports"], **report}, indent=1),
+            json.dumps({**summary, "warnings": pre["warnings"], **report}, indent=1),
         )
         await asyncio.to_thread(
             self.store.transition, job_id, JobState.SUCCEEDED, expect=JobState.MERGING,

@@ -3,11 +3,18 @@
 Every environment variable carries the `TRIPOSR_SERVE_` prefix and is cast and validated here, once; nothing
 else reads `os.environ`. App-builder arguments override the environment
 (`Settings.from_env(env).merged(args)`).
+
+The prefix is shared with the `triposr-serve` command line: `CLI_VARIABLES` are its own (read by
+`CliSettings`: where the client connects, which port `start` binds) and the service ignores them, so one
+shell can hold both. Any other `TRIPOSR_SERVE_*` name the service does not know is a typo and fails at
+start, with the closest known name suggested. `API_TOKEN` is both: the service's required token and the
+client's default one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +25,13 @@ from pipeline.errors import InvalidParameter
 from pipeline.params import JobParams
 
 ENV_PREFIX = "TRIPOSR_SERVE_"
+# `TRIPOSR_SERVE_<NAME>` variables of the command line only (name -> meaning), never service settings.
+CLI_VARIABLES = {
+    "URL": "the service the client commands talk to (default http://127.0.0.1:8000)",
+    "PORT": "the port `triposr-serve start` serves HTTP on (default 8000)",
+}
+DEFAULT_PORT = 8000
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 class SettingsError(ValueError):
@@ -46,6 +60,7 @@ class Settings:
     max_attempts: int = 2  # runs of one job (first + re-runs after restarts) before "interrupted"
     max_upload_files: int = 64  # files in one multipart upload (images)
     torch_threads: int | None = None  # torch CPU threads in a reconstruct replica; None = its num_cpus
+    rembg_threads: int | None = None  # onnxruntime threads in a preprocess replica; None = its num_cpus
     # Exposure and abuse limits (serve_app/exposure.py, README "Security model" and "Limits").
     allow_anonymous: bool = False  # let a non-loopback bind run without api_token (explicit opt-in)
     max_video_pixels: int = 7680 * 4320  # per frame, from the container header (8K UHD)
@@ -64,7 +79,7 @@ class Settings:
         raw = {
             name[len(ENV_PREFIX) :].lower(): value
             for name, value in env.items()
-            if name.startswith(ENV_PREFIX)
+            if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] not in CLI_VARIABLES
         }
         return cls().merged(raw, source="env")
 
@@ -81,7 +96,7 @@ class Settings:
                 params_changed = True
                 continue
             if key not in fields or key == "defaults":
-                raise SettingsError(f"{label}: unknown setting")
+                raise SettingsError(f"{label}: unknown setting{_suggestion(key, fields, source)}")
             changes[key] = _cast(key, fields[key].type, value, label)
         if params_changed:
             try:
@@ -113,8 +128,10 @@ class Settings:
             raise SettingsError("max_video_duration_s and orphan_upload_after_s must be > 0")
         if self.min_free_disk_bytes < 0:
             raise SettingsError(f"min_free_disk_bytes must be >= 0, got {self.min_free_disk_bytes}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise SettingsError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        for name in ("torch_threads", "rembg_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingsError(f"{name} must be >= 1, got {value}")
 
     @property
     def jobs_dir(self) -> Path:
@@ -123,6 +140,40 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
+
+
+def _suggestion(key: str, fields: Mapping[str, Any], source: str) -> str:
+    known = [name for name in fields if name != "defaults"]
+    known += [f"default_{name}" for name in JobParams().to_dict()]
+    if source == "env":
+        known += [name.lower() for name in CLI_VARIABLES]
+    close = difflib.get_close_matches(key, known, n=1)
+    if not close:
+        return ""
+    name = f"{ENV_PREFIX}{close[0].upper()}" if source == "env" else close[0]
+    return f" (did you mean {name}?)"
+
+
+@dataclass(frozen=True)
+class CliSettings:
+    """What the command line reads from the environment: where the client connects, which token it sends,
+    which port `start` binds."""
+
+    url: str = DEFAULT_URL
+    api_token: str | None = None
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CliSettings:
+        env = os.environ if environ is None else environ
+        port = env.get(f"{ENV_PREFIX}PORT") or str(DEFAULT_PORT)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{ENV_PREFIX}PORT: {port!r} is not a TCP port")
+        return cls(
+            url=env.get(f"{ENV_PREFIX}URL") or DEFAULT_URL,
+            api_token=env.get(f"{ENV_PREFIX}API_TOKEN") or None,
+            port=int(port),
+        )
 
 
 def _cast(key: str, type_text: str, value: Any, label: str) -> Any:

@@ -40,12 +40,37 @@ def ring_video(tmp_path_factory):
     return make_ring_video(tmp_path_factory.mktemp("media") / "ring.mp4")
 
 
-def free_port() -> int:
-    import socket
+_RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def pytest_configure(config):
+    """Every Ray the tests start (ray.init, `ray start`, `triposr-serve start` subprocesses) uses a token made
+    here: nothing is read from or written to ~/.ray, so the suite runs the same on a machine that never ran
+    Ray. Set before collection: Ray reads the auth mode once, when a test module first imports it."""
+    import os
+    import secrets
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ray-auth-"))
+    path = folder / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    config._saved_ray_auth = {k: os.environ.get(k) for k in _RAY_AUTH_VARS}
+    config._ray_auth_dir = folder
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def pytest_unconfigure(config):
+    import os
+    import shutil
+
+    for key, value in getattr(config, "_saved_ray_auth", {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(getattr(config, "_ray_auth_dir", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +87,7 @@ def ray_cluster():
     from ray import serve
 
     from serve_app.exposure import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+    from tests.serve.conftest import free_port
 
     # As `triposr-serve start` does: the proxy Ray starts drops the headers that change Serve's limits.
     os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)

@@ -16,8 +16,16 @@ def test_defaults_follow_upstream_run_py() -> None:
 
 def test_form_strings_are_cast() -> None:
     params = JobParams.from_mapping(
-        {"num_frames": "4", "mc_resolution": " 64 ", "foreground_ratio": "0.9", "remove_background": "false",
-         "merge": "BEST", "format": "ply", "object_size_m": "0.72", "target_faces": "5000"}
+        {
+            "num_frames": "4",
+            "mc_resolution": " 64 ",
+            "foreground_ratio": "0.9",
+            "remove_background": "false",
+            "merge": "BEST",
+            "format": "ply",
+            "object_size_m": "0.72",
+            "target_faces": "5000",
+        }
     )
     assert params == JobParams(4, 64, 0.9, False, MergeStrategy.BEST, MeshFormat.PLY, 0.72, 5000)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.params import MergeStrategy
-from serve_app.settings import Settings, SettingsError
+from serve_app.settings import CliSettings, Settings, SettingsError
 
 
 def test_environment_is_cast_to_typed_fields(tmp_path: Path) -> None:
@@ -48,3 +48,32 @@ def test_bad_values_name_the_variable(env: dict[str, str], fragment: str) -> Non
     with pytest.raises(SettingsError, match=None) as info:
         Settings.from_env(env)
     assert fragment in str(info.value)
+
+
+def test_client_variables_are_not_server_settings(tmp_path: Path) -> None:
+    """The quickstart exports the CLI's TRIPOSR_SERVE_URL in the shell that starts the server."""
+    env = {
+        "TRIPOSR_SERVE_URL": "http://127.0.0.1:8123",
+        "TRIPOSR_SERVE_PORT": "8123",
+        "TRIPOSR_SERVE_API_TOKEN": "s3cret",
+        "TRIPOSR_SERVE_DATA_DIR": str(tmp_path),
+    }
+    settings = Settings.from_env(env)
+    assert settings.data_dir == tmp_path and settings.api_token == "s3cret"
+    client = CliSettings.from_env(env)
+    assert client.url == "http://127.0.0.1:8123" and client.api_token == "s3cret" and client.port == 8123
+    assert CliSettings.from_env({}).url == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("TRIPOSR_SERVE_MODEL_SOURSE", "TRIPOSR_SERVE_MODEL_SOURCE"),
+        ("TRIPOSR_SERVE_URI", "TRIPOSR_SERVE_URL"),
+        ("TRIPOSR_SERVE_API_TOKENS", "TRIPOSR_SERVE_API_TOKEN"),
+    ],
+)
+def test_a_typo_in_a_server_variable_still_fails_and_names_the_right_one(name: str, suggested: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: "x"})
+    assert str(info.value) == f"{name}: unknown setting (did you mean {suggested}?)"

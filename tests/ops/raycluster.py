@@ -5,12 +5,16 @@ head gets its own temp dir and free ports for everything Ray would otherwise tak
 agents, client server, metrics), and stopping it never calls a bare `ray stop` (which stops *every* cluster of
 this user). Instead it signals the `ray start --block` process it owns (Ray then shuts the node down), kills
 that process group, and finally any process still running from this head's temp dir.
+
+Nothing comes from the user's home: each head gets its own Ray auth token in its temp dir
+(RAY_AUTH_TOKEN_PATH), so it starts the same on a machine that never ran Ray (no ~/.ray/auth_token).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +24,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from serve_app.launcher import pids_using
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 
@@ -40,10 +46,11 @@ class LocalHead:
     temp_dir: Path
     process: subprocess.Popen
     log_path: Path
+    token_path: Path
 
     def env(self) -> dict[str, str]:
         """Environment for CLI calls against this head (and never against another cluster)."""
-        return {**_ray_env(), "RAY_ADDRESS": self.dashboard_url}
+        return {**_ray_env(self.token_path), "RAY_ADDRESS": self.dashboard_url}
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process.poll() is None:
@@ -52,37 +59,20 @@ class LocalHead:
                 self.process.wait(timeout=timeout_s)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # the group we created; nothing else is in it
-        for pid in _pids_using(self.temp_dir):
+        for pid in pids_using(self.temp_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def _ray_env() -> dict[str, str]:
-    """Our environment minus any ambient cluster address, with Ray's token auth on explicitly: the head makes
-    ~/.ray/auth_token if absent, and the CLI (`ray job submit`) only sends it when the mode says `token`."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def _ray_env(token_path: Path) -> dict[str, str]:
+    """Our environment minus any ambient cluster address, with Ray's token auth on explicitly and this head's
+    own token: the CLI (`ray job submit`) only sends it when the mode says `token`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     return env
-
-
-def _pids_using(temp_dir: Path) -> list[int]:
-    """Our processes whose command line names this head's temp dir (raylet, GCS, agents, workers)."""
-    marker = str(temp_dir).encode()
-    me = os.getuid()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid != me:
-                continue
-            if marker in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def start_head(*, num_cpus: int = 4, num_gpus: int = 1, timeout_s: float = 90.0) -> LocalHead:
@@ -93,6 +83,9 @@ def start_head(*, num_cpus: int = 4, num_gpus: int = 1, timeout_s: float = 90.0)
              "node_manager", "object_manager")  # fmt: skip
     ports = {name: free_port() for name in names}
     log_path = temp_dir / "ray-start.log"
+    token_path = temp_dir / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
     cmd = [
         str(RAY_BIN), "start", "--head", "--block", "--disable-usage-stats",
         f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
@@ -109,7 +102,7 @@ def start_head(*, num_cpus: int = 4, num_gpus: int = 1, timeout_s: float = 90.0)
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=_ray_env(token_path), start_new_session=True
         )
     head = LocalHead(
         gcs_address=f"127.0.0.1:{ports['port']}",
@@ -118,6 +111,7 @@ def start_head(*, num_cpus: int = 4, num_gpus: int = 1, timeout_s: float = 90.0)
         temp_dir=temp_dir,
         process=process,
         log_path=log_path,
+        token_path=token_path,
     )
     try:
         _wait_for_dashboard(head, timeout_s)

@@ -115,15 +115,50 @@ def test_repeated_photo_is_a_duplicate(tmp_path, no_default_remover):
     assert result.frames.shape[0] == 1
 
 
-def test_no_usable_frame_fails_with_every_reason(tmp_path, no_default_remover):
+def test_no_usable_frame_fails_with_every_reason_when_strict(tmp_path, no_default_remover):
     tiny = png_bytes(ring_image(alpha=True, radius=0.04))
     cut = png_bytes(ring_image(alpha=True, centre=(0.02, 0.5)))
     paths = [write(tmp_path / "tiny.png", tiny), write(tmp_path / "cut.png", cut)]
     with pytest.raises(NoUsableFrames) as err:
-        preprocess_input(paths, num_frames=4, remover=None)
+        preprocess_input(paths, num_frames=4, remover=None, strict=True)
     message = str(err.value)
     assert "no usable frame among 2 candidates" in message
     assert "too small" in message and "runs out of the picture" in message
+
+
+def test_photos_that_all_fail_framing_use_the_best_one_with_a_warning(tmp_path, no_default_remover):
+    """A user whose only photo has the object filling (and leaving) the picture still gets a mesh."""
+    tiny = png_bytes(ring_image(alpha=True, radius=0.04))
+    cut = png_bytes(ring_image(alpha=True, centre=(0.02, 0.5)))
+    paths = [write(tmp_path / "tiny.png", tiny), write(tmp_path / "cut.png", cut)]
+    result = preprocess_input(paths, num_frames=4, remover=None)
+    assert result.frames.shape == (1, 512, 512, 3)
+    # A cut object is preferred to a tiny one: it holds more of the object's pixels.
+    assert [(r.source, r.chosen, r.reason, r.warning) for r in result.reports] == [
+        ("tiny.png", False, "tiny_foreground", None),
+        ("cut.png", True, None, "cut_by_border"),
+    ]
+    (warning,) = result.warnings
+    assert warning["code"] == "cut_by_border"
+    assert "'cut.png'" in warning["message"] and "step back" in warning["message"]
+    assert "strict=true" in warning["message"]
+
+
+def test_a_clean_photo_wins_over_a_cut_one_without_warnings(tmp_path, no_default_remover):
+    cut = png_bytes(ring_image(alpha=True, centre=(0.02, 0.5)))
+    clean = png_bytes(ring_image(alpha=True))
+    paths = [write(tmp_path / "cut.png", cut), write(tmp_path / "clean.png", clean)]
+    result = preprocess_input(paths, num_frames=4, remover=None)
+    assert [(r.chosen, r.reason) for r in result.reports] == [(False, "cut_by_border"), (True, None)]
+    assert result.warnings == [] and result.frames.shape[0] == 1
+
+
+def test_an_empty_foreground_still_fails(tmp_path, no_default_remover):
+    blank = np.random.default_rng(0).integers(0, 256, (200, 200, 4), dtype=np.uint8)
+    blank[..., 3] = 0  # a sharp picture, but nothing in it is object
+    path = write(tmp_path / "blank.png", png_bytes(blank))
+    with pytest.raises(NoUsableFrames, match="no object found"):
+        preprocess_input(path, num_frames=2, remover=None)
 
 
 def test_frozen_video_uses_one_frame(tmp_path, remover):

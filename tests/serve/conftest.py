@@ -1,7 +1,7 @@
 """Fixtures for the service tests: generated media, the real tiny model + u2netp, settings, a client.
 
-Nothing here is mocked: `LocalWorkers` runs the real pipeline stages in-process for the Starlette tests; the
-Ray tests (test_e2e.py) share one local cluster per session from `ray_cluster`.
+Nothing here is mocked: `LocalWorkers` runs the real pipeline stages in-process for the Starlette tests;
+the Ray tests (test_e2e.py, tests/hostile) share one cluster per session (`ray_cluster`, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -125,3 +125,11 @@ def make_client(tiny_model, remover):
 @pytest.fixture
 def client(make_client, settings):
     return make_client(settings)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
