@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    max_ongoing_requests=200,  # uploads, polls and SSE streams are I/O-bound
+    # Every SSE stream, WebSocket and upload holds a slot while it lasts; all I/O-bound (serve_config.yaml).
+    max_ongoing_requests=1000,
+    max_queued_requests=100,
 )
 @serve.ingress()
 class Ingress:
