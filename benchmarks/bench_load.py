@@ -248,6 +248,7 @@ def main() -> None:
         "model_device": "cpu", "rembg_model": "u2netp", "rembg_dir": str(ROOT / "models" / "rembg"),
         "default_mc_resolution": 32, "default_num_frames": 2, "max_queued_jobs": MAX_QUEUED_JOBS,
         "upload_limit_bytes": 8_000_000, "min_free_disk_bytes": 0,
+        "max_queued_jobs_per_client": 10_000,  # one client address here: measure the global limit's 503
     })  # fmt: skip
     os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     ray.init(

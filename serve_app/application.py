@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
     # Every SSE stream, WebSocket and upload holds a slot while it lasts; all I/O-bound (serve_config.yaml).
     max_ongoing_requests=1000,
-    max_queued_requests=100,
+    max_queued_requests=500,
 )
 @serve.ingress()
 class Ingress:

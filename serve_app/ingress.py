@@ -27,7 +27,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pipeline.params import JobParams
 from serve_app import errors as se
-from serve_app.jobs import TERMINAL, ClientQuotaExceeded, Job, JobState, JobStore, new_job_id
+from serve_app.event_feed import EventFeed
+from serve_app.jobs import TERMINAL, ClientQuotaExceeded, Job, JobState, JobStore, QueueFull, new_job_id
 from serve_app.metrics import ServiceMetrics
 from serve_app.openapi import openapi_route
 from serve_app.orchestrator import Orchestrator, Workers
@@ -55,11 +56,13 @@ class Service:
         self.workers = workers
         self.metrics = metrics or ServiceMetrics()
         self.store: JobStore | None = None
+        self.feed: EventFeed | None = None
         self.orchestrator: Orchestrator | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.store = await asyncio.to_thread(JobStore, self.settings.db_path)
+        self.feed = EventFeed(self.store.events_since, EVENT_POLL_S)
         self.orchestrator = Orchestrator(self.store, self.settings, self.workers, self.metrics)
         await self.orchestrator.start()
         sweeper = asyncio.create_task(self._sweep_orphan_uploads())
@@ -87,6 +90,12 @@ class Service:
         if self.store is None:
             raise se.NotReady("the service is starting")
         return self.store
+
+    @property
+    def events_feed(self) -> EventFeed:
+        if self.feed is None:
+            raise se.NotReady("the service is starting")
+        return self.feed
 
     @property
     def runner(self) -> Orchestrator:
@@ -199,7 +208,13 @@ class Service:
                     self.jobs.create, params, job_id=job_id, input_path=str(input_path), input_kind=kind,
                     output_path=None if output is None else str(output), idempotency_key=key,
                     client=client, client_limit=self.settings.max_queued_jobs_per_client,
+                    queue_limit=self.settings.max_queued_jobs,
                 )  # fmt: skip
+            except QueueFull as exc:  # filled up while this upload streamed in
+                raise se.Overloaded(
+                    f"{exc.queued} jobs are queued (limit {exc.limit}); retry later",
+                    headers={"Retry-After": "30"},
+                ) from None
             except ClientQuotaExceeded as exc:
                 raise se.TooManyJobs(
                     f"you have {exc.queued} queued jobs (limit {exc.limit} per client); "
@@ -337,19 +352,24 @@ class Service:
     async def _event_stream(self, job_id: str, after: int) -> AsyncIterator[dict[str, Any] | None]:
         """Every event after `after` until a terminal state; None now and then as a keep-alive."""
         quiet_since = time.monotonic()
-        while True:
-            events = await asyncio.to_thread(self.jobs.events_since, job_id, after)
-            for event in events:
-                after = event["seq"]
-                yield event
-                if JobState(event["state"]) in TERMINAL:
-                    return
-            if events:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > KEEPALIVE_S:
-                quiet_since = time.monotonic()
-                yield None
-            await asyncio.sleep(EVENT_POLL_S)
+        feed = self.events_feed
+        feed.opened(job_id)
+        try:
+            while True:
+                events = await feed.since(job_id, after)
+                for event in events:
+                    after = event["seq"]
+                    yield event
+                    if JobState(event["state"]) in TERMINAL:
+                        return
+                if events:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield None
+                await asyncio.sleep(EVENT_POLL_S)
+        finally:
+            feed.closed(job_id)
 
     async def websocket(self, websocket: WebSocket) -> None:
         try:

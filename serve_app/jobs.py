@@ -74,6 +74,14 @@ STAGE_OF = {
 }
 
 
+class QueueFull(RuntimeError):
+    """The queue already holds `limit` jobs (checked inside the insert's transaction)."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} jobs are queued (limit {limit})")
+        self.queued, self.limit = queued, limit
+
+
 class ClientQuotaExceeded(RuntimeError):
     """A client already has its limit of queued jobs; `.queued` says how many."""
 
@@ -356,11 +364,13 @@ class JobStore:
         idempotency_key: str | None = None,
         client: str | None = None,
         client_limit: int | None = None,
+        queue_limit: int | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; with a known idempotency key return (existing job, False) instead.
 
-        With `client_limit`, raise ClientQuotaExceeded when `client` already has that many queued jobs
-        (counted inside the same write transaction, so parallel submissions cannot overshoot).
+        With `client_limit`, raise ClientQuotaExceeded when `client` already has that many queued jobs; with
+        `queue_limit`, QueueFull when the queue has that many. Both are counted inside the insert's write
+        transaction, so parallel submissions cannot overshoot.
         """
         job_id = job_id or new_job_id()
         now = time.time()
@@ -371,6 +381,12 @@ class JobStore:
                 ).fetchone()
                 if row is not None:
                     return Job.from_row(row), False
+            if queue_limit is not None:
+                queued = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+                ).fetchone()[0]
+                if queued >= queue_limit:
+                    raise QueueFull(int(queued), queue_limit)
             if client is not None and client_limit is not None:
                 queued = conn.execute(
                     "SELECT COUNT(*) FROM jobs WHERE client = ? AND state = ?",
