@@ -59,6 +59,16 @@ def ingress_pid() -> int | None:
     return next((pid for name, pid in replica_pids().items() if "#Ingress#" in name), None)
 
 
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (the ingress replica's cost, load-independent)."""
+    import psutil
+
+    if not pid:
+        return float("nan")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def rss_mb(pid: int | None) -> float:
     import psutil
 
@@ -211,12 +221,18 @@ async def phase_uploads(url: str, clients: int, seconds: float):
 async def run(url: str, video: bytes, args: argparse.Namespace) -> None:
     import httpx
 
+    pid = ingress_pid()
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        c0 = cpu_s(pid)
         await phase_status_and_sse(client, url, video, args.clients, args.poll_s, args.phase_s)
+        c1 = cpu_s(pid)
         # jobs that occupy the runners, so the next submissions queue up to the limit
         running = [(await submit(client, video))[2] for _ in range(4)]
         await phase_overload(client, video, MAX_QUEUED_JOBS)
+        c2 = cpu_s(pid)
         await phase_uploads(url, args.clients, args.phase_s)
+        c3 = cpu_s(pid)
+        print(f"ingress replica CPU s: phase 1 {c1 - c0:.1f}, phase 2 {c2 - c1:.1f}, phase 3 {c3 - c2:.1f}")
         for job_id in running:
             await client.delete(f"/jobs/{job_id}")
 
@@ -262,7 +278,8 @@ def main() -> None:
                                "max_queued_requests": ingress.get("max_queued_requests", -1)}}  # fmt: skip
         serve.run(build(settings, options), name="bench_load", route_prefix="/")
         print(f"ingress max_ongoing_requests {max_ongoing}, max_queued_requests "
-              f"{ingress.get('max_queued_requests')}; {os.cpu_count()} CPUs (shared)")  # fmt: skip
+              f"{ingress.get('max_queued_requests')}; {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.1f}")  # fmt: skip
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         asyncio.run(run(f"http://127.0.0.1:{port}", video, args))
