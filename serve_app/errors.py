@@ -208,7 +208,8 @@ async def handle_client_fault(request: Request, exc: Exception) -> JSONResponse:
         mapped = _client_faults().get(cls)
         if mapped is not None:
             logger.info("client fault on %s %s: %r", request.method, request.url.path, exc)
-            return await handle_service_error(request, mapped(f"{mapped.code}: {exc}"))
+            message = str(exc) or "the request body ended early (client disconnected)"
+            return await handle_service_error(request, mapped(message))
     return await handle_unexpected(request, exc)  # pragma: no cover - registered only for listed classes
 
 
