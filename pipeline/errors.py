@@ -75,3 +75,9 @@ class FusionError(PipelineError):
     """Per-frame meshes could not be fused (e.g. none usable)."""
 
     code = "fusion_failed"
+
+
+class CompareError(PipelineError):
+    """Two meshes cannot be compared: different objects, a mirror image, or no alignment near the noise."""
+
+    code = "not_comparable"

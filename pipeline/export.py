@@ -161,11 +161,15 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     return out
 
 
-def glb_bytes(parts: list[tuple[str, trimesh.Trimesh]], extras: dict | None = None) -> bytes:
+def glb_bytes(
+    parts: list[tuple[str, trimesh.Trimesh]],
+    extras: dict | None = None,
+    node_extras: list[dict] | None = None,
+) -> bytes:
     """Binary glTF 2.0 bytes, one node + mesh per part.
 
     Attributes: POSITION, NORMAL, COLOR_0 (linear float32 RGB, when the part has vertex colours); uint32
-    indices; one matte material; `extras` on scenes[0].
+    indices; one matte material; `extras` on scenes[0]; `node_extras[i]` (non-empty dicts) on node i.
     """
     gltf = _GLTF2(
         asset=pygltflib.Asset(generator=GENERATOR, version="2.0"),
@@ -226,7 +230,10 @@ def glb_bytes(parts: list[tuple[str, trimesh.Trimesh]], extras: dict | None = No
                 ],
             )
         )
-        gltf.nodes.append(pygltflib.Node(name=name, mesh=len(gltf.meshes) - 1))
+        node = pygltflib.Node(name=name, mesh=len(gltf.meshes) - 1)
+        if node_extras and node_extras[len(gltf.nodes)]:
+            node.extras = node_extras[len(gltf.nodes)]
+        gltf.nodes.append(node)
 
     gltf.scenes = [pygltflib.Scene(nodes=list(range(len(gltf.nodes))))]
     gltf.scene_extras = extras or None

@@ -136,3 +136,40 @@ _PARSERS = {
     "target_faces": _int_in(*TARGET_FACES_RANGE),
     "strict": _bool,
 }
+
+
+THRESHOLD_MM_RANGE = (0.01, 100.0)
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    """What a user may choose for one comparison; `reference`/`candidate` are job ids (None: uploaded)."""
+
+    reference: str | None = None
+    candidate: str | None = None
+    object_size_m: float | None = None  # the reference's largest dimension in metres: figures in mm
+    threshold_mm: float = 1.0  # loss/gain counted as area over the threshold beyond this
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> CompareParams:
+        """Build from untrusted key/values (JSON or form fields); InvalidParameter names the field."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidParameter(unknown[0], f"unknown parameter (known: {', '.join(sorted(known))})")
+        values: dict[str, Any] = {}
+        for name, raw in data.items():
+            if raw is None or raw == "":
+                continue
+            if name in ("reference", "candidate"):
+                if not isinstance(raw, str):
+                    raise InvalidParameter(name, f"expected a job id, got {raw!r}")
+                values[name] = raw
+            elif name == "object_size_m":
+                values[name] = _PARSERS["object_size_m"](name, raw)
+            else:
+                values[name] = _float_in(*THRESHOLD_MM_RANGE)(name, raw)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -5,6 +5,7 @@
     triposr-serve submit a.jpg b.jpg c.jpg --num-frames 3 --no-wait
     triposr-serve status JOB_ID | download JOB_ID -o x.glb | cancel JOB_ID | list --state succeeded
     triposr-serve run tyre.mp4 -o tyre.glb                                      # no Ray, no HTTP: in-process
+    triposr-serve compare REF CAND -o diff.glb --report diff.json --chart diff.png  # job ids or mesh files
 
 User mistakes (a missing file, a service that is not running, an API error) print one line and exit 1; only
 bugs show a traceback. The only module that prints.
@@ -227,6 +228,66 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two mesh files: compared in this process. Two job ids: a compare job on the running service."""
+    out = Path(args.output)
+    files = [Path(p) for p in (args.reference, args.candidate)]
+    if all(p.is_file() for p in files):
+        from pipeline.compare_export import compare_payload
+
+        payload = compare_payload(
+            files[0].read_bytes(), files[1].read_bytes(), object_size_m=args.object_size_m,
+            threshold_mm=args.threshold_mm,
+        )  # fmt: skip
+        _write(out, payload["glb"])
+        if args.report:
+            _write(Path(args.report), json.dumps(payload["report"], indent=1).encode())
+        if args.chart:
+            _write(Path(args.chart), payload["chart"])
+        _print_compare(payload["report"])
+        return 0
+    if any(p.is_file() for p in files) or any("/" in str(p) or "." in p.name for p in files):
+        missing = [str(p) for p in files if not p.is_file()]
+        raise CLIError(f"give two mesh files or two job ids; not a file: {', '.join(missing)}")
+    body = {"reference": args.reference, "candidate": args.candidate, "object_size_m": args.object_size_m,
+            "threshold_mm": args.threshold_mm}  # fmt: skip
+    with _client(args) as client:
+        job = _check(client.post("/compare", json=body)).json()
+        print(f"job {job['job_id']} {job['state']}")
+        state = _follow(client, job["job_id"])
+        if state != "succeeded":
+            doc = _check(client.get(f"/reconstruct/status/{job['job_id']}")).json()
+            error = doc.get("error") or {}
+            raise CLIError(f"job {job['job_id']} {state}: {error.get('code')}: {error.get('message')}")
+        _download(client, job["job_id"], out)
+        report = _check(client.get(f"/reconstruct/result/{job['job_id']}", params={"part": "report"})).json()
+        if args.report:
+            _write(Path(args.report), json.dumps(report, indent=1).encode())
+        if args.chart:
+            chart = _check(client.get(f"/reconstruct/result/{job['job_id']}", params={"part": "chart"}))
+            _write(Path(args.chart), chart.content)
+    _print_compare(report)
+    return 0
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(data)
+    partial.replace(path)
+    print(f"saved {path}")
+
+
+def _print_compare(report: dict[str, Any]) -> None:
+    u, floor = report["units"], report["noise_floor"]
+    a, loss = report["alignment"], report["loss"]
+    print(f"noise floor {floor:.3g} {u}; scale {a['scale']:.4f}; turn {a['turn_deg']} deg "
+          f"(determined: {a['turn_determined']})")  # fmt: skip
+    print(f"loss max {loss['max']:.3g} {u}, over threshold on {loss['area_fraction']:.1%} of the surface")
+    for name, band in (report.get("bands") or {}).items():
+        print(f"  {name:<9} mean loss {band['mean_loss']:.3g} {u}  max {band['max_loss']:.3g} {u}")
+
+
 # -- local service and in-process run -----------------------------------------------------------------------
 
 
@@ -397,6 +458,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="comma-separated states, e.g. queued,failed")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_list)
+
+    p = client_cmd("compare", "compare two reconstructions (job ids, or GLB/OBJ/PLY files in-process)")
+    p.add_argument("reference", help="job id or mesh file of the reference (before)")
+    p.add_argument("candidate", help="job id or mesh file of the candidate (after)")
+    p.add_argument("-o", "--output", default="diff.glb", help="heat-map GLB (default: diff.glb)")
+    p.add_argument("--report", help="also save the report JSON here")
+    p.add_argument("--chart", help="also save the sector chart PNG here")
+    p.add_argument("--object-size-m", type=float, help="the reference's largest dimension: figures in mm")
+    p.add_argument("--threshold-mm", type=float, default=1.0, help="loss/gain counted above this (1.0)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("run", help="reconstruct in this process (no Ray, no HTTP)")
     p.add_argument("input", help="video, image, zip or folder of images")

@@ -138,6 +138,7 @@ PIPELINE_STATUS: dict[type[pe.PipelineError], int] = {
     pe.NoUsableFrames: 422,
     pe.InvalidParameter: 422,
     pe.FusionError: 422,
+    pe.CompareError: 422,
     pe.ModelMissingError: 503,
 }
 

@@ -49,10 +49,13 @@ def deployment_problems(app: Any, names: Iterable[str]) -> list[DeploymentProble
             continue
         error, message = _last_error(dep.message or "")
         failed = status in ("DEPLOY_FAILED", "UNHEALTHY") or error in CONFIG_ERRORS
-        if error:
-            cause = f"{name} cannot start: {error}: {message}" if failed else f"{name}: {error}: {message}"
+        if error and failed:
+            cause = f"{name} cannot start: {error}: {message}"
             meaning = CONFIG_ERRORS.get(error, "its replicas fail to start")
             public = f"{name} cannot start: {meaning} ({error}); see the service log"
+        elif error:  # Serve retries it; it may still come up
+            cause = f"{name} is retrying after {error}: {message}"
+            public = f"{name} is starting (a replica failed with {error}; Serve retries it)"
         elif failed:
             cause = f"{name} is {status.lower()}: {_one_line(dep.message) or 'no message'}"
             public = f"{name} is {status.lower()}; see the service log"

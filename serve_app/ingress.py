@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -28,10 +29,20 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from pipeline.params import JobParams
 from serve_app import errors as se
 from serve_app.event_feed import EventFeed
-from serve_app.jobs import TERMINAL, ClientQuotaExceeded, Job, JobState, JobStore, QueueFull, new_job_id
+from serve_app.jobs import (
+    TERMINAL,
+    ClientQuotaExceeded,
+    Job,
+    JobKind,
+    JobState,
+    JobStore,
+    QueueFull,
+    new_job_id,
+)
 from serve_app.metrics import ServiceMetrics
 from serve_app.openapi import openapi_route
 from serve_app.orchestrator import Orchestrator, Workers
+from serve_app.request_body import parse_json_body
 from serve_app.settings import Settings
 from serve_app.uploads import FILE_FIELDS, receive_multipart, resolve_under, sweep_orphan_uploads
 
@@ -40,7 +51,6 @@ logger = logging.getLogger(__name__)
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 MAX_JSON_BYTES = 64 * 1024
-MAX_JSON_CONTAINERS = 256  # arrays/objects in one body: a job request has one; keeps json.loads shallow
 LAST_EVENT_ID_RE = re.compile(r"^[0-9]{1,18}$")  # fits SQLite's INTEGER
 PATH_FIELDS = ("source", "preprocessing_output_dir", "output_glb_path")
 EVENT_POLL_S = 0.25
@@ -203,24 +213,10 @@ class Service:
                     f"Content-Type {content_type or '(none)'!r} is not accepted; send multipart/form-data "
                     "(video, images or archive) or application/json (source)"
                 )
-            try:
-                job, created = await asyncio.to_thread(
-                    self.jobs.create, params, job_id=job_id, input_path=str(input_path), input_kind=kind,
-                    output_path=None if output is None else str(output), idempotency_key=key,
-                    client=client, client_limit=self.settings.max_queued_jobs_per_client,
-                    queue_limit=self.settings.max_queued_jobs,
-                )  # fmt: skip
-            except QueueFull as exc:  # filled up while this upload streamed in
-                raise se.Overloaded(
-                    f"{exc.queued} jobs are queued (limit {exc.limit}); retry later",
-                    headers={"Retry-After": "30"},
-                ) from None
-            except ClientQuotaExceeded as exc:
-                raise se.TooManyJobs(
-                    f"you have {exc.queued} queued jobs (limit {exc.limit} per client); "
-                    "wait for some to start",
-                    headers={"Retry-After": "30"},
-                ) from None
+            job, created = await self._create(
+                params, job_id=job_id, input_path=str(input_path), input_kind=kind,
+                output_path=None if output is None else str(output), idempotency_key=key, client=client,
+            )  # fmt: skip
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
             raise
@@ -228,6 +224,25 @@ class Service:
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
         self.runner.wake()
         return self._accepted(request, job, replayed=not created)
+
+    async def _create(self, params: Any, **fields: Any) -> Any:
+        """`JobStore.create` with the queue limits checked inside its transaction, mapped to 503 / 429."""
+        try:
+            return await asyncio.to_thread(
+                functools.partial(self.jobs.create, params, **fields,
+                                  client_limit=self.settings.max_queued_jobs_per_client,
+                                  queue_limit=self.settings.max_queued_jobs)
+            )  # fmt: skip
+        except QueueFull as exc:  # filled up while this upload streamed in
+            raise se.Overloaded(
+                f"{exc.queued} jobs are queued (limit {exc.limit}); retry later",
+                headers={"Retry-After": "30"},
+            ) from None
+        except ClientQuotaExceeded as exc:
+            raise se.TooManyJobs(
+                f"you have {exc.queued} queued jobs (limit {exc.limit} per client); wait for some to start",
+                headers={"Retry-After": "30"},
+            ) from None
 
     def _accepted(self, request: Request, job: Job, *, replayed: bool) -> JSONResponse:
         urls = self.urls(request, job.id)
@@ -307,6 +322,35 @@ class Service:
             raise se.InvalidInput(f"output_glb_path {raw!r} is a folder; give a file path")
         return path
 
+    async def compare(self, request: Request) -> Response:
+        """POST /compare: two job ids (JSON) or two mesh files (multipart) -> a queued compare job, 202."""
+        from serve_app.compare_jobs import stage_request
+
+        self.authorize(request.headers)
+        failed = [p.public for p in await self.workers.unavailable() if p.failed]
+        if failed:
+            raise se.NotReady(f"the service cannot take jobs: {'; '.join(failed)}")
+        counts = await asyncio.to_thread(self.jobs.counts)
+        if counts[JobState.QUEUED.value] >= self.settings.max_queued_jobs:
+            raise se.Overloaded(
+                f"{counts['queued']} jobs are queued (limit {self.settings.max_queued_jobs}); retry later",
+                headers={"Retry-After": "30"},
+            )
+        await asyncio.to_thread(self.check_disk)
+        job_id = new_job_id()
+        job_dir = self.settings.jobs_dir / job_id
+        try:
+            params = await stage_request(request, job_dir, self.jobs, self.settings)
+            job, _ = await self._create(
+                params, kind=JobKind.COMPARE, job_id=job_id, input_path=str(job_dir / "input"),
+                input_kind="meshes", client=self.client_of(request),
+            )  # fmt: skip
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            raise
+        self.runner.wake()
+        return self._accepted(request, job, replayed=False)
+
     async def status(self, request: Request) -> Response:
         self.authorize(request.headers)
         job = await self.get_job(request.path_params["job_id"])
@@ -320,7 +364,17 @@ class Service:
         if job.state == JobState.SUCCEEDED:
             if job.files_removed_at is not None or not job.result_path or not Path(job.result_path).is_file():
                 raise se.ResultExpired(f"the result of job {job.id} was removed after the retention period")
-            fmt = job.params.format.value
+            part = request.query_params.get("part")
+            if part is not None:
+                from serve_app.compare_jobs import result_part
+
+                path, inline, media = result_part(job, part, self.settings.jobs_dir)
+                if path is None:
+                    return JSONResponse(inline)
+                return FileResponse(
+                    path, media_type=media, headers={"Cache-Control": "private, max-age=3600"}
+                )
+            fmt = "glb" if job.kind == JobKind.COMPARE else job.params.format.value
             return FileResponse(
                 job.result_path, media_type=MEDIA_TYPES[fmt], filename=f"{job.id}.{fmt}",
                 headers={"Cache-Control": "private, max-age=3600"},
@@ -399,7 +453,16 @@ class Service:
                 raise se.InvalidParameter(f"state: {raw!r} is not one of {choices}") from None
         limit = _int_query(query.get("limit"), "limit", 50, 1, 500)
         offset = _int_query(query.get("offset"), "offset", 0, 0, 10**9)
-        jobs, total = await asyncio.to_thread(self.jobs.list, states=states, limit=limit, offset=offset)
+        kind = None
+        if query.get("kind"):
+            try:
+                kind = JobKind(query["kind"].strip().lower())
+            except ValueError:
+                choices = ", ".join(k.value for k in JobKind)
+                raise se.InvalidParameter(f"kind: {query['kind']!r} is not one of {choices}") from None
+        jobs, total = await asyncio.to_thread(
+            self.jobs.list, states=states, limit=limit, offset=offset, kind=kind
+        )
         root = request.scope.get("root_path", "").rstrip("/")
         items = []
         for job in jobs:
@@ -451,32 +514,6 @@ def _int_query(raw: str | None, name: str, default: int, lo: int, hi: int) -> in
     return value
 
 
-def parse_json_body(body: bytes) -> Any:
-    """A JSON body, strictly: UTF-8, no NaN/Infinity, no duplicate keys, bounded nesting (400 otherwise)."""
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON number")
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise ValueError(f"key {key!r} appears twice")
-            out[key] = value
-        return out
-
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_CONTAINERS:
-        raise se.MalformedJSON(f"JSON body has more than {MAX_JSON_CONTAINERS} arrays/objects")
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=no_constants, object_pairs_hook=no_duplicates)
-    except UnicodeDecodeError:
-        raise se.MalformedJSON("request body is not UTF-8") from None
-    except RecursionError:
-        raise se.MalformedJSON("JSON body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError is a ValueError, as are the hooks' refusals
-        raise se.MalformedJSON(f"request body is not valid JSON: {exc}") from None
-
-
 def last_event_id(raw: str | None) -> int:
     """The SSE `Last-Event-ID` to resume after: ASCII digits only (`int` would take other scripts' digits)."""
     if raw is None or raw == "":
@@ -491,6 +528,7 @@ def build_app(settings: Settings, workers: Workers, metrics: ServiceMetrics | No
     service = Service(settings, workers, metrics)
     routes = [
         Route("/reconstruct", service.submit, methods=["POST"]),
+        Route("/compare", service.compare, methods=["POST"]),
         Route("/reconstruct/status/{job_id}", service.status, methods=["GET"]),
         Route("/reconstruct/result/{job_id}", service.result, methods=["GET"]),
         Route("/reconstruct/events/{job_id}", service.events, methods=["GET"]),

@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import JobParams
+from pipeline.params import CompareParams, JobParams
 from serve_app.errors import JobAlreadyFinished, JobNotFound
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class JobState(str, Enum):
     PREPROCESSING = "preprocessing"
     RECONSTRUCTING = "reconstructing"
     MERGING = "merging"
+    COMPARING = "comparing"  # a compare job's one stage
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -48,11 +49,24 @@ class JobState(str, Enum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE = frozenset({JobState.PREPROCESSING, JobState.RECONSTRUCTING, JobState.MERGING})
+ACTIVE = frozenset({JobState.PREPROCESSING, JobState.RECONSTRUCTING, JobState.MERGING, JobState.COMPARING})
+
+
+class JobKind(str, Enum):
+    """What a job does; a compare job runs queued -> comparing -> succeeded | failed | cancelled."""
+
+    RECONSTRUCT = "reconstruct"
+    COMPARE = "compare"
+
+
+# The state a claimed job enters, per kind.
+FIRST_STATE = {JobKind.RECONSTRUCT: JobState.PREPROCESSING, JobKind.COMPARE: JobState.COMPARING}
 
 # Active -> QUEUED is the re-run of a job orphaned by a crash or restart.
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.PREPROCESSING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.QUEUED: frozenset(
+        {JobState.PREPROCESSING, JobState.COMPARING, JobState.FAILED, JobState.CANCELLED}
+    ),
     JobState.PREPROCESSING: frozenset(
         {JobState.RECONSTRUCTING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
     ),
@@ -60,6 +74,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
         {JobState.MERGING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
     ),
     JobState.MERGING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
+    JobState.COMPARING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -71,6 +86,7 @@ STAGE_OF = {
     JobState.PREPROCESSING: "preprocess",
     JobState.RECONSTRUCTING: "reconstruct",
     JobState.MERGING: "merge",
+    JobState.COMPARING: "compare",
 }
 
 
@@ -143,7 +159,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
     """,
-    # 4: who submitted a job (client address), for the per-client queue limit
+    # 4: job kinds (compare jobs beside reconstructions); existing rows are reconstructions
+    """
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'reconstruct';
+    CREATE INDEX jobs_kind_created ON jobs (kind, created_at);
+    """,
+    # 5: who submitted a job (client address), for the per-client queue limit
     """
     ALTER TABLE jobs ADD COLUMN client TEXT;
     CREATE INDEX jobs_client_state ON jobs (client, state);
@@ -177,7 +198,7 @@ class Job:
     state: JobState
     stage: str
     progress: float
-    params: JobParams
+    params: JobParams | CompareParams
     input_path: str | None
     input_kind: str | None
     output_path: str | None
@@ -198,6 +219,7 @@ class Job:
     finished_at: float | None = None
     files_removed_at: float | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
+    kind: JobKind = JobKind.RECONSTRUCT
     client: str | None = None  # submitter's address (per-client queue limit); never shown in public docs
 
     @classmethod
@@ -206,7 +228,9 @@ class Job:
         for name in _JSON_FIELDS:
             data[name] = json.loads(data[name])
         data["state"] = JobState(data["state"])
-        data["params"] = JobParams.from_mapping(json.loads(data["params"]))
+        data["kind"] = JobKind(data["kind"])
+        params_cls = CompareParams if data["kind"] == JobKind.COMPARE else JobParams
+        data["params"] = params_cls.from_mapping(json.loads(data["params"]))
         data["cancel_requested"] = bool(data["cancel_requested"])
         return cls(**data)
 
@@ -218,6 +242,7 @@ class Job:
         """The status document of the HTTP API (no server paths)."""
         return {
             "job_id": self.id,
+            "kind": self.kind.value,
             "state": self.state.value,
             "stage": self.stage,
             "progress": round(self.progress, 4),
@@ -310,13 +335,22 @@ class JobStore:
         return Job.from_row(row)
 
     def list(
-        self, *, states: list[JobState] | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        states: list[JobState] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        kind: JobKind | None = None,
     ) -> tuple[list[Job], int]:
         """Newest first; returns (page, total matching)."""
-        where, args = "", []
+        clauses, args = [], []
         if states:
-            where = f"WHERE state IN ({','.join('?' * len(states))})"
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
             args = [s.value for s in states]
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind.value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         conn = self._conn()
         total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
         rows = conn.execute(
@@ -355,8 +389,9 @@ class JobStore:
     # -- writes --------------------------------------------------------------------------------------------
     def create(
         self,
-        params: JobParams,
+        params: JobParams | CompareParams,
         *,
+        kind: JobKind = JobKind.RECONSTRUCT,
         job_id: str | None = None,
         input_path: str | None = None,
         input_kind: str | None = None,
@@ -395,14 +430,15 @@ class JobStore:
                 if queued >= client_limit:
                     raise ClientQuotaExceeded(client, int(queued), client_limit)
             conn.execute(
-                "INSERT INTO jobs (id, state, stage, progress, params, input_path, input_kind, output_path, "
-                "idempotency_key, client, created_at, updated_at) "
-                "VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, JobState.QUEUED.value, STAGE_OF[JobState.QUEUED], json.dumps(params.to_dict()),
-                 input_path, input_kind, output_path, idempotency_key, client, now, now),
+                "INSERT INTO jobs (id, kind, state, stage, progress, params, input_path, input_kind, "
+                "output_path, idempotency_key, client, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind.value, JobState.QUEUED.value, STAGE_OF[JobState.QUEUED],
+                 json.dumps(params.to_dict()), input_path, input_kind, output_path, idempotency_key,
+                 client, now, now),
             )  # fmt: skip
             self._event(conn, job_id, JobState.QUEUED, "queue", 0.0, None, now)
-        logger.info("job created job_id=%s kind=%s", job_id, input_kind)
+        logger.info("job created job_id=%s kind=%s input=%s", job_id, kind.value, input_kind)
         return self.get(job_id), True
 
     def transition(
@@ -458,22 +494,24 @@ class JobStore:
         return self.get(job_id)
 
     def claim_next(self, owner: str) -> Job | None:
-        """Atomically move the oldest queued job to `preprocessing` for `owner`; None if none is queued."""
+        """Atomically move the oldest queued job to its first state (`FIRST_STATE`: preprocessing, or
+        comparing) for `owner`; None if none is queued."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1",
+                "SELECT id, kind FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1",
                 (JobState.QUEUED.value,),
             ).fetchone()
             if row is None:
                 return None
             job_id = row["id"]
+            first = FIRST_STATE[JobKind(row["kind"])]
             conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
             self._update(
-                conn, job_id, now, state=JobState.PREPROCESSING.value, stage="preprocess", owner=owner,
+                conn, job_id, now, state=first.value, stage=STAGE_OF[first], owner=owner,
                 heartbeat_at=now, started_at=now, progress=0.0, error_code=None, error_message=None,
             )  # fmt: skip
-            self._event(conn, job_id, JobState.PREPROCESSING, "preprocess", 0.0, None, now)
+            self._event(conn, job_id, first, STAGE_OF[first], 0.0, None, now)
         logger.info("job_id=%s claimed by %s", job_id, owner)
         return self.get(job_id)
 

@@ -160,6 +160,24 @@ _SUBMIT_JSON = {
     },
 }
 
+_COMPARE_FIELDS = {
+    "object_size_m": {"type": ["number", "null"]},
+    "threshold_mm": {"type": "number"},
+}
+_COMPARE_JSON = {
+    "type": "object",
+    "required": ["reference", "candidate"],
+    "properties": {"reference": {"type": "string"}, "candidate": {"type": "string"}, **_COMPARE_FIELDS},
+}
+_COMPARE_FORM = {
+    "type": "object",
+    "properties": {
+        "reference": {"type": "string", "format": "binary"},
+        "candidate": {"type": "string", "format": "binary"},
+        **_COMPARE_FIELDS,
+    },
+}
+
 # (path, method) -> operation. Paths use Starlette's `{name}` placeholders, so they compare with the routes.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/reconstruct", "post"): {
@@ -182,14 +200,29 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         },
         "responses": {"202": _json(_ref("Accepted"), "job queued (or replayed)"), "default": ERROR},
     },
+    ("/compare", "post"): {
+        "summary": "Compare two meshes: two succeeded job ids (JSON) or two uploaded GLB/OBJ/PLY files",
+        "description": AUTH_NOTE,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _COMPARE_JSON},
+                "multipart/form-data": {"schema": _COMPARE_FORM},
+            },
+        },
+        "responses": {"202": _json(_ref("Accepted"), "compare job queued"), "default": ERROR},
+    },
     ("/reconstruct/status/{job_id}", "get"): {
         "summary": "A job's status document",
         "parameters": [JOB_ID],
         "responses": {"200": _json(_ref("Job"), "the job"), "default": ERROR},
     },
     ("/reconstruct/result/{job_id}", "get"): {
-        "summary": "The result mesh of a succeeded job",
-        "parameters": [JOB_ID],
+        "summary": "The result mesh of a succeeded job (`part=report|chart` for a compare job's report/chart)",
+        "parameters": [
+            JOB_ID,
+            {"name": "part", "in": "query", "required": False, "schema": {"type": "string"}},
+        ],
         "responses": {
             "200": {
                 "description": "the mesh",
@@ -197,6 +230,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                     "model/gltf-binary": {"schema": {"type": "string", "format": "binary"}},
                     "model/obj": {"schema": {"type": "string", "format": "binary"}},
                     "application/ply": {"schema": {"type": "string", "format": "binary"}},
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "application/json": {"schema": {"type": "object"}},
                 },
             },
             "default": ERROR,
@@ -230,6 +265,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Jobs, newest first",
         "parameters": [
             {"name": "state", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "kind", "in": "query", "required": False, "schema": {"type": "string"}},
             {
                 "name": "limit",
                 "in": "query",

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.atomic import copy_atomic
-from pipeline.params import JobParams
+from pipeline.params import CompareParams, JobParams
 from serve_app.capacity import WORKER_DEPLOYMENTS
+from serve_app.compare_jobs import run_compare
 from serve_app.errors import job_error_from_exception
 from serve_app.health import DeploymentProblem, deployment_problems
-from serve_app.jobs import InvalidTransition, Job, JobState, JobStore
+from serve_app.jobs import InvalidTransition, Job, JobKind, JobState, JobStore
 from serve_app.metrics import ServiceMetrics
 from serve_app.settings import Settings
 
@@ -43,6 +44,9 @@ STATUS_TTL_S = 2.0  # how stale the ingress's view of the worker deployments may
 
 class Workers(Protocol):
     async def unavailable(self) -> list[DeploymentProblem]: ...
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]: ...
     async def preprocess(self, job_id: str, input_path: str, params: JobParams) -> dict[str, Any]: ...
     async def reconstruct(
         self, job_id: str, frame: Any, mesh_path: str, mc_resolution: int
@@ -83,6 +87,12 @@ class ServeWorkers:
         metadata: dict[str, Any],
     ) -> dict[str, Any]:  # fmt: skip
         return await self._export.remote(job_id, mesh_paths, scores, params.to_dict(), result_path, metadata)
+
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        # on the Export deployment's CPU replicas: the same kind of mesh work as fusion, no new deployment
+        return await self._export.compare.remote(job_id, reference, candidate, params.to_dict())
 
 
 def _serve_problems() -> list[DeploymentProblem]:
@@ -132,6 +142,16 @@ class LocalWorkers:
         return await asyncio.to_thread(
             merge_files, mesh_paths, scores, params, Path(result_path), metadata=metadata, job_id=job_id
         )
+
+    async def compare(
+        self, job_id: str, reference: bytes, candidate: bytes, params: CompareParams
+    ) -> dict[str, Any]:
+        from pipeline.compare_export import compare_payload
+
+        return await asyncio.to_thread(
+            compare_payload, reference, candidate, object_size_m=params.object_size_m,
+            threshold_mm=params.threshold_mm,
+        )  # fmt: skip
 
 
 class JobCancelled(Exception):
@@ -291,7 +311,10 @@ class Orchestrator:
         self.metrics.stage("queue_wait", timings["queue_wait"])
         final = JobState.FAILED
         try:
-            await asyncio.wait_for(self._stages(job, timings), timeout=self.settings.job_timeout_s)
+            stages = (
+                run_compare(self, job, timings) if job.kind == JobKind.COMPARE else self._stages(job, timings)
+            )
+            await asyncio.wait_for(stages, timeout=self.settings.job_timeout_s)
             final = JobState.SUCCEEDED
         except asyncio.CancelledError:
             job = await asyncio.to_thread(self.store.get, job_id)

@@ -67,11 +67,15 @@ _BOUNDARY = re.compile(rb"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=
 PARSE_BATCH_BYTES = 64 * 1024
 
 
-async def receive_multipart(request: Request, dest: Path, *, limit_bytes: int, max_files: int) -> Upload:
+async def receive_multipart(
+    request: Request, dest: Path, *, limit_bytes: int, max_files: int,
+    file_fields: tuple[str, ...] = FILE_FIELDS,
+) -> Upload:  # fmt: skip
     """Parse a multipart/form-data body into `dest`; 400/413 service errors on malformed or oversize input.
 
-    The event loop only receives bytes: parsing, file creation and writes run in a worker thread, a batch of
-    up to PARSE_BATCH_BYTES at a time, so a slow or huge upload never stalls other requests.
+    Files are accepted in `file_fields` only. The event loop only receives bytes: parsing, file creation and
+    writes run in a worker thread, a batch of up to PARSE_BATCH_BYTES at a time, so a slow or huge upload
+    never stalls other requests.
     """
     content_type = request.headers.get("content-type", "")
     _, options = parse_options_header(content_type)
@@ -128,10 +132,10 @@ async def receive_multipart(request: Request, dest: Path, *, limit_bytes: int, m
         state["name"] = name.decode("utf-8", "replace")
         filename = opts.get(b"filename")
         if filename is not None:
-            if state["name"] not in FILE_FIELDS:
+            if state["name"] not in file_fields:
                 errors.append(InvalidInput(
                     f"unexpected file field {state['name']!r}; "
-                    f"send the input as one of {', '.join(FILE_FIELDS)}"
+                    f"send the input as one of {', '.join(file_fields)}"
                 ))  # fmt: skip
                 return
             if len(upload.files) >= max_files:

@@ -191,6 +191,40 @@ def test_bad_input_over_http_is_json_4xx_and_service_keeps_serving(service, ring
     assert client.get("/readyz").status_code == 200
 
 
+def test_compare_two_jobs_over_http_gives_a_heatmap_glb_with_its_report(service, ring_video):
+    import pygltflib
+
+    client, *_ = service
+    first, second = submit(client, ring_video), submit(client, ring_video)
+    assert [wait_terminal(client, j)["state"] for j in (first, second)] == ["succeeded"] * 2
+
+    def compare(reference: str, candidate: str) -> dict:
+        response = client.post("/compare", json={"reference": reference, "candidate": candidate})
+        assert response.status_code == 202, response.text
+        return wait_terminal(client, response.json()["job_id"])
+
+    doc = compare(first, second)
+    # The tiny model's two reconstructions are crude blobs: they may align, or be refused as different
+    # objects; either way the job ends cleanly. A job compared with itself must align.
+    assert doc["kind"] == "compare"
+    if doc["state"] == "failed":
+        assert doc["error"]["code"] == "not_comparable", doc["error"]
+        doc = compare(first, first)
+    assert doc["state"] == "succeeded", doc["error"]
+    glb = client.get(doc["result_url"])
+    assert glb.status_code == 200 and glb.headers["content-type"] == "model/gltf-binary"
+    gltf = pygltflib.GLTF2.load_from_bytes(glb.content)
+    assert len(gltf.nodes) == 2 and gltf.nodes[1].extras["hidden"] is True
+    extras = gltf.scenes[0].extras["triposr_compare"]
+    assert {"units", "alignment", "noise_floor", "distance", "loss", "gain", "colour_scale"} <= set(extras)
+    report = client.get(doc["result_url"], params={"part": "report"}).json()
+    assert report["noise_floor"] == extras["noise_floor"]
+    chart = client.get(doc["result_url"], params={"part": "chart"})
+    assert chart.headers["content-type"] == "image/png" and chart.content[:4] == b"\x89PNG"
+    kinds = {j["job_id"]: j["kind"] for j in client.get("/jobs", params={"kind": "compare"}).json()["jobs"]}
+    assert kinds.get(doc["job_id"]) == "compare" and first not in kinds
+
+
 def test_reconstruct_batching_reconfigures_without_restart(service):
     from ray import serve
 
