@@ -218,7 +218,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json(_ref("Job"), "the job"), "default": ERROR},
     },
     ("/reconstruct/result/{job_id}", "get"): {
-        "summary": "The result mesh of a succeeded job (`part=report|chart` for a compare job's report/chart)",
+        "summary": "The result mesh of a succeeded job (compare jobs: `part=report|chart`)",
         "parameters": [
             JOB_ID,
             {"name": "part", "in": "query", "required": False, "schema": {"type": "string"}},

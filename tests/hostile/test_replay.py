@@ -141,6 +141,18 @@ LONG_NAME = "a" * 256
 CASES = [
     # bodies the parsers choke on
     Case("json nested 5000 deep", post_json(DEEP), 400, "malformed_json"),
+    Case(
+        "compare json nested 5000 deep",
+        lambda ctx: ctx.client.post("/compare", content=DEEP, headers=JSON),
+        400,
+        "malformed_json",
+    ),
+    Case(
+        "compare unknown jobs",
+        lambda ctx: ctx.client.post("/compare", json={"reference": "A" * 22, "candidate": "B" * 22}),
+        404,
+        "job_not_found",
+    ),
     Case("json value nested 5000 deep", post_json('{"num_frames": ' + DEEP + "}"), 400, "malformed_json"),
     Case("json NaN", post_json('{"source": "v.mp4", "num_frames": NaN}'), 400, "malformed_json"),
     Case(
