@@ -138,6 +138,65 @@ _PARSERS = {
 }
 
 
+# What each parameter means, for people choosing them (the API's GET /params and the web page show these).
+PARAM_HELP = {
+    "num_frames": "frames picked from a video (for photos: at most this many are used)",
+    "mc_resolution": "marching-cubes grid per axis: finer meshes, slower jobs",
+    "foreground_ratio": "the object's share of each framed square",
+    "remove_background": "cut the object out with rembg (off: the photo is used as framed)",
+    "merge": "fused: align and fuse all frames; best: the best frame alone; all: one node per frame",
+    "format": "file format of the result",
+    "object_size_m": "scale the result so its largest dimension is this many metres (0.72 for an F1 tyre)",
+    "target_faces": "decimate the result to about this many faces",
+    "strict": "refuse input whose frames all fail the framing checks (off: use the best one, with a warning)",
+}
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "num_frames": NUM_FRAMES_RANGE,
+    "mc_resolution": MC_RESOLUTION_RANGE,
+    "foreground_ratio": FOREGROUND_RATIO_RANGE,
+    "object_size_m": OBJECT_SIZE_M_RANGE,
+    "target_faces": TARGET_FACES_RANGE,
+}
+_CHOICES: dict[str, type[Enum]] = {"merge": MergeStrategy, "format": MeshFormat}
+_KINDS = {
+    "num_frames": "integer",
+    "mc_resolution": "integer",
+    "foreground_ratio": "number",
+    "remove_background": "boolean",
+    "merge": "choice",
+    "format": "choice",
+    "object_size_m": "number",
+    "target_faces": "integer",
+    "strict": "boolean",
+}
+
+
+def describe_params(defaults: JobParams) -> list[dict[str, Any]]:
+    """Every job parameter as {name, type, default, min, max, choices, optional, help}, in field order.
+
+    `type` is one of "integer", "number", "boolean", "choice"; `min`/`max` are inclusive (None when the type
+    has no range); `optional` parameters default to None (not applied).
+    """
+    values = defaults.to_dict()
+    out: list[dict[str, Any]] = []
+    for f in dataclasses.fields(JobParams):
+        lo, hi = _RANGES.get(f.name, (None, None))
+        out.append(
+            {
+                "name": f.name,
+                "type": _KINDS[f.name],
+                "default": values[f.name],
+                "min": lo,
+                "max": hi,
+                "choices": [m.value for m in _CHOICES[f.name]] if f.name in _CHOICES else None,
+                "optional": f.default is None,
+                "help": PARAM_HELP[f.name],
+            }
+        )
+    return out
+
+
 THRESHOLD_MM_RANGE = (0.01, 100.0)
 
 

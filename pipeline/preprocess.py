@@ -39,6 +39,7 @@ from pipeline.inputs import (
 )
 from pipeline.matting import BackgroundRemover, assess_foreground, frame_object, has_meaningful_alpha
 from pipeline.params import FOREGROUND_RATIO_RANGE, NUM_FRAMES_RANGE
+from pipeline.thumbnails import jpeg_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Preprocessed:
     kind: Kind
     info: dict[str, Any] = field(default_factory=dict)  # e.g. video size, duration, fps, selection mode
     warnings: list[dict[str, str]] = field(default_factory=list)  # [{code, message}] for the user
+    # JPEG preview per entry of `reports` (same order); None where the pixels were never held (surplus images)
+    thumbnails: list[bytes | None] = field(default_factory=list)
 
     @property
     def chosen(self) -> list[FrameReport]:
@@ -136,7 +139,9 @@ def preprocess_input(
     frames: list[np.ndarray] = []
     reports: list[FrameReport] = []
     fallback: tuple[tuple[int, float], np.ndarray, FrameReport] | None = None  # (rank, framed, report)
+    thumbnails: list[bytes | None] = []
     for cand in candidates:
+        thumbnails.append(None if cand.image is None else jpeg_thumbnail(cand.image))
         fraction: float | None = None
         framed: np.ndarray | None = None
         if cand.reason is None:
@@ -175,7 +180,9 @@ def preprocess_input(
         "preprocessed %s input: %d of %d candidates chosen (%s)",
         kind, len(frames), len(reports), dict(Counter(r.reason for r in reports if not r.chosen)),
     )  # fmt: skip
-    return Preprocessed(np.stack(frames), reports, scores, kind, info, warnings)
+    return Preprocessed(
+        np.stack(frames), reports, scores, kind, info, warnings=warnings, thumbnails=thumbnails
+    )
 
 
 def _frame(

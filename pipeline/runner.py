@@ -49,7 +49,8 @@ def preprocess_payload(
     input_path: Path, params: JobParams, remover: BackgroundRemover | None
 ) -> dict[str, Any]:
     """`preprocess_stage` packed as the message a job's orchestrator receives (from a replica or in-process):
-    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str, warnings: [{code, message}]}."""
+    {frames: uint8 (N, 512, 512, 3), scores: [N], reports: [dict], kind: str, warnings: [{code, message}],
+    thumbnails: [JPEG bytes | None] per report}."""
     result = preprocess_stage(input_path, params, remover)
     return {
         "frames": result.frames,
@@ -57,6 +58,7 @@ def preprocess_payload(
         "reports": [r.to_dict() for r in result.reports],
         "kind": str(getattr(result.kind, "value", result.kind)),
         "warnings": list(result.warnings),
+        "thumbnails": result.thumbnails,
     }
 
 

@@ -13,15 +13,14 @@ into the job folder: the ingress stays the only writer of the data dir, and the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.atomic import write_atomic
 from pipeline.params import CompareParams
 from serve_app import errors as se
 from serve_app.jobs import Job, JobKind, JobState
@@ -168,17 +167,7 @@ def _staged(folder: Path, name: str) -> Path:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data)  # pipeline.atomic: the project's one helper (no link followed)
 
 
 def result_part(job: Job, part: str, jobs_dir: Path) -> tuple[Path | None, Any, str]:

@@ -26,9 +26,10 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pipeline.params import JobParams
+from pipeline.params import JobParams, describe_params
 from serve_app import errors as se
 from serve_app.event_feed import EventFeed
+from serve_app.frame_images import frame_image_path
 from serve_app.jobs import (
     TERMINAL,
     ClientQuotaExceeded,
@@ -45,6 +46,7 @@ from serve_app.orchestrator import Orchestrator, Workers
 from serve_app.request_body import parse_json_body
 from serve_app.settings import Settings
 from serve_app.uploads import FILE_FIELDS, receive_multipart, resolve_under, sweep_orphan_uploads
+from serve_app.web import web_routes
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +387,26 @@ class Service:
             raise se.JobFailed(f"job {job.id} was cancelled")
         raise se.JobNotFinished(f"job {job.id} is {job.state.value} ({job.progress:.0%}); try again later")
 
+    async def frame_image(self, request: Request) -> Response:
+        """JPEG preview of the n-th entry of the job's per-frame report (stored after preprocessing)."""
+        self.authorize(request.headers)
+        job = await self.get_job(request.path_params["job_id"])
+        raw = request.path_params["n"]
+        count = len(job.frames or [])
+        if not raw.isdigit() or int(raw) >= count:
+            raise se.NotFound(f"job {job.id} has no frame {raw!r} (its report has {count} entries)")
+        if job.files_removed_at is not None:
+            raise se.ResultExpired(f"the files of job {job.id} were removed after the retention period")
+        path = frame_image_path(self.settings.jobs_dir / job.id, int(raw))
+        if not path.is_file():
+            raise se.NotFound(f"frame {raw} of job {job.id} has no preview image")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def params(self, request: Request) -> Response:
+        """Every job parameter with its type, range, this service's default and a line of help."""
+        self.authorize(request.headers)
+        return JSONResponse({"params": describe_params(self.settings.defaults)})
+
     async def events(self, request: Request) -> Response:
         self.authorize(request.headers)
         job = await self.get_job(request.path_params["job_id"])
@@ -532,12 +554,15 @@ def build_app(settings: Settings, workers: Workers, metrics: ServiceMetrics | No
         Route("/reconstruct/status/{job_id}", service.status, methods=["GET"]),
         Route("/reconstruct/result/{job_id}", service.result, methods=["GET"]),
         Route("/reconstruct/events/{job_id}", service.events, methods=["GET"]),
+        Route("/reconstruct/frames/{job_id}/{n}", service.frame_image, methods=["GET"]),
+        Route("/params", service.params, methods=["GET"]),
         WebSocketRoute("/reconstruct/ws/{job_id}", service.websocket),
         Route("/jobs", service.list_jobs, methods=["GET"]),
         Route("/jobs/{job_id}", service.status, methods=["GET"]),
         Route("/jobs/{job_id}", service.cancel, methods=["DELETE"]),
         Route("/healthz", service.healthz, methods=["GET"]),
         Route("/readyz", service.readyz, methods=["GET"]),
+        *web_routes(),
     ]
     routes.append(openapi_route())
     app = Starlette(routes=routes, exception_handlers=se.exception_handlers(), lifespan=service.lifespan)

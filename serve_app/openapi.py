@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 VERSION = "0.1.0"
 
@@ -300,6 +300,29 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": [],
         "responses": {"200": _json(_ref("Ready"), "ready"), "default": ERROR},
     },
+    ("/reconstruct/frames/{job_id}/{n}", "get"): {
+        "summary": "JPEG preview of the n-th entry of the status's frames.report",
+        "parameters": [JOB_ID, {"name": "n", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "preview", "content": {"image/jpeg": {"schema": {"type": "string"}}}},
+            "default": ERROR,
+        },
+    },
+    ("/params", "get"): {
+        "summary": "Every job parameter: type, min/max, choices, this service's default, help",
+        "responses": {"200": _json({"type": "object"}, "the parameters"), "default": ERROR},
+    },
+    ("/", "get"): {
+        "summary": "The web page",
+        "security": [],
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {}}}}},
+    },
+    ("/static/{path}", "get"): {
+        "summary": "The web page's scripts, styles and vendored libraries",
+        "security": [],
+        "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "a static file"}, "default": {"description": "not found"}},
+    },
     ("/openapi.json", "get"): {
         "summary": "This document",
         "security": [],
@@ -312,7 +335,9 @@ def route_methods(routes: list[BaseRoute]) -> set[tuple[str, str]]:
     """(path, method) pairs the app serves (HEAD, added by Starlette to GET routes, left out)."""
     pairs: set[tuple[str, str]] = set()
     for route in routes:
-        if isinstance(route, WebSocketRoute):
+        if isinstance(route, Mount):  # static files: one templated GET per mount
+            pairs.add((f"{route.path}/{{path}}", "get"))
+        elif isinstance(route, WebSocketRoute):
             pairs.add((route.path, "get"))
         elif isinstance(route, Route):
             pairs.update((route.path, m.lower()) for m in (route.methods or ()) if m != "HEAD")

@@ -29,6 +29,7 @@ from pipeline.params import CompareParams, JobParams
 from serve_app.capacity import WORKER_DEPLOYMENTS
 from serve_app.compare_jobs import run_compare
 from serve_app.errors import job_error_from_exception
+from serve_app.frame_images import save_frame_images
 from serve_app.health import DeploymentProblem, deployment_problems
 from serve_app.jobs import InvalidTransition, Job, JobKind, JobState, JobStore
 from serve_app.metrics import ServiceMetrics
@@ -376,6 +377,7 @@ class Orchestrator:
         pre = await self.workers.preprocess(job_id, job.input_path, params)
         timings["preprocess"] = round(time.perf_counter() - t0, 4)
         self.metrics.stage("preprocess", timings["preprocess"])
+        await asyncio.to_thread(save_frame_images, job_dir, pre.get("thumbnails"))
         frames = pre["frames"]
         count = len(frames)
         self.metrics.frames_per_job.observe(count)

@@ -73,6 +73,14 @@ def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "_ray_auth_dir", ""), ignore_errors=True)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One small local Ray cluster for the session: a logical GPU so fractional-GPU replicas schedule on CPU.
@@ -87,7 +95,6 @@ def ray_cluster():
     from ray import serve
 
     from serve_app.exposure import PROXY_CALLBACK, PROXY_CALLBACK_ENV
-    from tests.serve.conftest import free_port
 
     # As `triposr-serve start` does: the proxy Ray starts drops the headers that change Serve's limits.
     os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)

@@ -63,3 +63,21 @@ def test_invalid_values_name_the_field(field: str, value: object, fragment: str)
 def test_to_dict_round_trips() -> None:
     params = JobParams(num_frames=2, merge=MergeStrategy.ALL, object_size_m=0.72)
     assert JobParams.from_mapping(params.to_dict()) == params
+
+
+def test_describe_params_lists_every_field_with_its_range_default_and_help() -> None:
+    from pipeline.params import NUM_FRAMES_RANGE, describe_params
+
+    defaults = JobParams(num_frames=2, mc_resolution=32)
+    doc = {p["name"]: p for p in describe_params(defaults)}
+    assert list(doc) == list(JobParams().to_dict())
+    assert doc["num_frames"] == {
+        "name": "num_frames", "type": "integer", "default": 2, "min": NUM_FRAMES_RANGE[0],
+        "max": NUM_FRAMES_RANGE[1], "choices": None, "optional": False, "help": doc["num_frames"]["help"],
+    }  # fmt: skip
+    assert doc["merge"]["choices"] == ["fused", "best", "all"] and doc["merge"]["default"] == "fused"
+    assert doc["remove_background"]["type"] == "boolean" and doc["remove_background"]["min"] is None
+    assert doc["object_size_m"]["optional"] and doc["object_size_m"]["default"] is None
+    assert all(p["help"] for p in doc.values())
+    for p in doc.values():  # every default the doc shows is accepted back by the parser
+        JobParams.from_mapping({p["name"]: p["default"]})

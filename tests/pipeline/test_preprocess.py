@@ -105,6 +105,8 @@ def test_more_images_than_num_frames_keeps_the_sharpest_of_each_group(tmp_path, 
     result = preprocess_input(paths, num_frames=3, remover=None)
     assert [r.reason for r in result.reports] == ["surplus", None, "surplus", None, "surplus", None]
     assert result.frames.shape[0] == 3
+    # a preview per report entry; surplus images were never held, so they have none
+    assert [t is not None for t in result.thumbnails] == [False, True, False, True, False, True]
 
 
 def test_repeated_photo_is_a_duplicate(tmp_path, no_default_remover):
@@ -113,6 +115,7 @@ def test_repeated_photo_is_a_duplicate(tmp_path, no_default_remover):
     result = preprocess_input(paths, num_frames=4, remover=None)
     assert [r.reason for r in result.reports] == [None, "duplicate"]
     assert result.frames.shape[0] == 1
+    assert all(t[:2] == b"\xff\xd8" for t in result.thumbnails)  # rejected frames get a JPEG preview too
 
 
 def test_no_usable_frame_fails_with_every_reason_when_strict(tmp_path, no_default_remover):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.settings import Settings
+from tests.conftest import free_port  # noqa: F401  (tests import it from here)
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
@@ -125,11 +126,3 @@ def make_client(tiny_model, remover):
 @pytest.fixture
 def client(make_client, settings):
     return make_client(settings)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
