@@ -31,6 +31,12 @@ class VideoDecodeError(InvalidInput):
     code = "video_decode_error"
 
 
+class VideoTooLarge(InvalidInput):
+    """A video header announces more pixels per frame, seconds or frames than allowed (before decoding)."""
+
+    code = "video_too_large"
+
+
 class ImageTooLarge(InvalidInput):
     """An image header announces more pixels than allowed (decompression-bomb guard)."""
 

@@ -13,7 +13,7 @@ export deployment returns) and `export_result(result, path, ...) -> Path` (the s
   as `scene.metadata`); OBJ/PLY carry none (the service keeps report.json beside the mesh).
 * Post-processing, in this order: decimation to about `target_faces` (fast-simplification, quadric), then a
   uniform scale so the largest dimension is `object_size_m` metres (glTF units are metres).
-* Files are written atomically (`pipeline.files.write_atomic`).
+* Files are written atomically (`pipeline.atomic.write_atomic`).
 
 The GLB is built with pygltflib (accessors, bufferViews, one binary buffer) rather than exported by trimesh,
 whose exporter always stores COLOR_0 as 8-bit. pygltflib's JSON writer drops null and empty values
@@ -33,8 +33,8 @@ import numpy as np
 import pygltflib
 import trimesh
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import InvalidParameter
-from pipeline.files import write_atomic
 from pipeline.params import OBJECT_SIZE_M_RANGE, TARGET_FACES_RANGE, MeshFormat
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.errors import InvalidParameter, VideoDecodeError
+from pipeline.errors import InvalidParameter, VideoDecodeError, VideoTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ DUPLICATE_SHARE = 0.002
 SEEK_WINDOW_S = 1.0  # seconds scored per bucket when seeking
 MAX_BAD_PACKETS = 50  # undecodable packets tolerated per pass before the rest of the file is given up
 KEYFRAME_SCAN_S = 20.0  # seconds of packets demuxed (not decoded) to measure the keyframe interval
+
+# Header limits, checked before any frame is decoded (VideoLimits). 8K UHD is 33.2 Mpx; 10 minutes at
+# 60 fps is 36,000 frames. Selection keeps only num_frames frames of at most MAX_SIDE a side anyway.
+MAX_VIDEO_PIXELS = 7680 * 4320
+MAX_VIDEO_DURATION_S = 600.0
+MAX_VIDEO_FRAMES = 36_000
 
 Mode = Literal["auto", "sequential", "seek"]
 
@@ -99,17 +105,67 @@ def _av_errors() -> tuple[type[BaseException], ...]:
     return (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 
-def probe_video(path: Path) -> VideoInfo:
-    """Open the container, find the video stream, decode one frame; VideoDecodeError if any step fails."""
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a container header may announce before any frame is decoded (settings `max_video_*`)."""
+
+    max_pixels: int = MAX_VIDEO_PIXELS
+    max_duration_s: float = MAX_VIDEO_DURATION_S
+    max_frames: int = MAX_VIDEO_FRAMES
+
+
+def check_video_header(container, name: str, limits: VideoLimits) -> None:
+    """Refuse a video whose header announces too many pixels per frame, seconds or frames (VideoTooLarge).
+
+    Reads only what the demuxer parsed from the header (codec parameters, stream and container durations):
+    nothing is decoded, so a header announcing 16000x16000 costs nothing. Sizes FFmpeg itself refuses come
+    back as 0 and fail at decoding instead.
+    """
+    if not container.streams.video:
+        raise VideoDecodeError(f"video {name!r} has no video stream")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > limits.max_pixels:
+        raise VideoTooLarge(
+            f"video {name!r} announces {width}x{height} = {width * height} pixels per frame, more than the "
+            f"{limits.max_pixels} allowed (setting max_video_pixels)"
+        )
+    duration = 0.0
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / 1_000_000  # AV_TIME_BASE
+    if duration > limits.max_duration_s:
+        raise VideoTooLarge(
+            f"video {name!r} lasts {duration:.0f} s, more than the {limits.max_duration_s:.0f} s allowed "
+            "(setting max_video_duration_s)"
+        )
+    if (stream.frames or 0) > limits.max_frames:
+        raise VideoTooLarge(
+            f"video {name!r} announces {stream.frames} frames, more than the {limits.max_frames} allowed "
+            "(setting max_video_frames)"
+        )
+
+
+def probe_video(path: Path, limits: VideoLimits | None = None) -> VideoInfo:
+    """Check the header against `limits`, then decode one frame; VideoTooLarge / VideoDecodeError."""
     import av
 
     name = Path(path).name
+    limits = limits or VideoLimits()
     try:
         with av.open(str(path)) as container:
+            check_video_header(container, name, limits)
             stream, first = _first_frame(container, name)
-            return _info(container, stream, first)
+            return _info(container, stream, first, max_packets=limits.max_frames)
     except _av_errors() as exc:
-        raise VideoDecodeError(f"video {name!r} cannot be decoded (corrupt or truncated?): {exc}") from None
+        raise _decode_error(name, exc) from None
+
+
+def _decode_error(name: str, exc: BaseException) -> VideoDecodeError:
+    """VideoDecodeError with PyAV's reason but not the file path it appends (no server path to clients)."""
+    reason = getattr(exc, "strerror", None) or type(exc).__name__
+    return VideoDecodeError(f"video {name!r} cannot be decoded (corrupt or truncated?): {reason}")
 
 
 def _first_frame(container, name: str, *, threaded: bool = False):
@@ -125,7 +181,7 @@ def _first_frame(container, name: str, *, threaded: bool = False):
     return stream, first
 
 
-def _info(container, stream, first_frame) -> VideoInfo:
+def _info(container, stream, first_frame, *, max_packets: int = MAX_VIDEO_FRAMES) -> VideoInfo:
     rotation = round((first_frame.rotation or 0) / 90.0) * 90 % 360
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
@@ -135,7 +191,7 @@ def _info(container, stream, first_frame) -> VideoInfo:
     elif container.duration:
         duration = container.duration / 1_000_000  # AV_TIME_BASE
     if duration <= 0:
-        duration = _scan_duration(container, stream)
+        duration = _scan_duration(container, stream, max_packets)
     frames = stream.frames or (round(duration * fps) if fps else 0)
     width, height = first_frame.width, first_frame.height
     if rotation in (90, 270):
@@ -143,12 +199,17 @@ def _info(container, stream, first_frame) -> VideoInfo:
     return VideoInfo(width, height, duration, fps, int(frames), stream.codec_context.name, rotation)
 
 
-def _scan_duration(container, stream) -> float:
-    """Duration from the last packet's end when the header has none (browser WebM); demuxes, never decodes."""
+def _scan_duration(container, stream, max_packets: int = MAX_VIDEO_FRAMES) -> float:
+    """Duration from the last packet's end when the header has none (browser WebM); demuxes, never decodes.
+
+    More than `max_packets` packets means more frames than allowed: VideoTooLarge, without reading on.
+    """
     start = stream.start_time or 0
     end = start
     container.seek(0, stream=stream)
-    for packet in container.demux(stream):
+    for count, packet in enumerate(container.demux(stream)):
+        if count >= max_packets:
+            raise VideoTooLarge(f"video has more than {max_packets} frames (setting max_video_frames)")
         if packet.pts is not None:
             end = max(end, packet.pts + (packet.duration or 0))
     return float((end - start) * stream.time_base) if stream.time_base else 0.0
@@ -270,6 +331,7 @@ def select_frames(
     mode: Mode = "auto",
     max_side: int = MAX_SIDE,
     seek_window_s: float = SEEK_WINDOW_S,
+    limits: VideoLimits | None = None,
 ) -> FrameSelection:
     """Pick the sharpest frame in each of `num_frames` equal time buckets of the video at `path`.
 
@@ -290,6 +352,7 @@ def select_frames(
     name = Path(path).name
     try:
         with av.open(str(path)) as container:
+            check_video_header(container, name, limits or VideoLimits())
             stream, first = _first_frame(container, name, threaded=True)
             info = _info(container, stream, first)
             start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
@@ -305,7 +368,7 @@ def select_frames(
             else:
                 best, decoded = _select_sequential(container, stream, decoder, num_frames)
     except _av_errors() as exc:
-        raise VideoDecodeError(f"video {name!r} cannot be decoded (corrupt or truncated?): {exc}") from None
+        raise _decode_error(name, exc) from None
     candidates = [c for c in best if c is not None]
     if not candidates:
         raise VideoDecodeError(f"video {name!r} yielded no frame")

@@ -24,6 +24,8 @@ from pipeline.errors import ImageTooLarge, InvalidInput, UnsafeArchive, Unsuppor
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from pipeline.frames import VideoLimits
+
 logger = logging.getLogger(__name__)
 
 HEAD_BYTES = 64  # enough for every signature below
@@ -38,6 +40,12 @@ IMAGE_FORMATS = frozenset(
 MAX_ARCHIVE_MEMBERS = 1000
 MAX_MEMBER_BYTES = 64 * 1024**2  # one uncompressed image
 MAX_ARCHIVE_BYTES = 1024**3  # all members together, uncompressed
+# Central directory bytes allowed per member: 46 fixed + name + extra + comment. Real names are < 1 KB; a zip
+# whose directory is larger than members x this is refused before Python's zipfile walks it.
+CD_BYTES_PER_MEMBER = 1024
+_EOCD = b"PK\x05\x06"  # end of central directory record (22 bytes + comment of up to 65535)
+_ZIP64_LOCATOR = b"PK\x06\x07"  # 20 bytes, right before the EOCD of a zip64 archive
+_ZIP64_EOCD = b"PK\x06\x06"
 
 
 # ISO BMFF brands of still HEIF/AVIF images (iPhone photos are HEIC): the box layout of MP4, not a video.
@@ -69,10 +77,14 @@ def sniff(head: bytes) -> MediaKind | None:
     return None
 
 
-def detect_kind(path: Path) -> MediaKind:
+def detect_kind(
+    path: Path, *, video_limits: VideoLimits | None = None, archive_limits: ArchiveLimits | None = None
+) -> MediaKind:
     """Kind of the file at `path`, from its content; raise InvalidInput/UnsupportedMedia with the reason.
 
-    A video is probed with PyAV too, so a file that only starts like a video raises VideoDecodeError here.
+    A video's header is checked against `video_limits` and one frame decoded (VideoTooLarge,
+    VideoDecodeError); a zip's member list is checked against `archive_limits` (UnsafeArchive) without
+    reading any member. Both are cheap, so the ingress can refuse bad input before a job exists.
     """
     path = Path(path)
     if not path.is_file():
@@ -96,7 +108,9 @@ def detect_kind(path: Path) -> MediaKind:
     if kind is MediaKind.VIDEO:
         from pipeline.frames import probe_video
 
-        probe_video(path)  # raises VideoDecodeError when the container or its video stream is unusable
+        probe_video(path, video_limits)  # VideoTooLarge / VideoDecodeError when unusable
+    elif kind is MediaKind.ARCHIVE:
+        check_archive(path, archive_limits or ArchiveLimits())
     return kind
 
 
@@ -177,6 +191,81 @@ def _skipped_name(name: str) -> bool:
     return name.endswith("/") or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
 
 
+def _declared_members(path: Path) -> tuple[int, int]:
+    """(member count, central directory bytes) from the zip's end records, reading only the file's tail.
+
+    Python's zipfile parses the whole central directory when it opens an archive; a 1M-member zip costs
+    seconds and hundreds of MB there, so the count is read from the end record (zip64 too) first.
+    """
+    import struct
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        tail_start = max(0, size - (22 + 65535))
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(_EOCD)
+        if at < 0 or len(tail) - at < 22:
+            raise InvalidInput(f"archive {path.name!r} is not a readable zip: no end of central directory")
+        _, _, _, _, count, cd_size, _, _ = struct.unpack_from("<4sHHHHIIH", tail, at)
+        if count == 0xFFFF or cd_size == 0xFFFFFFFF:  # zip64: the real numbers are in the zip64 end record
+            loc = at - 20
+            if loc < 0 or tail[loc : loc + 4] != _ZIP64_LOCATOR:
+                raise InvalidInput(f"archive {path.name!r} is not a readable zip: bad zip64 end record")
+            (record_at,) = struct.unpack_from("<Q", tail, loc + 8)
+            f.seek(record_at)
+            record = f.read(56)
+            if len(record) < 56 or record[:4] != _ZIP64_EOCD:
+                raise InvalidInput(f"archive {path.name!r} is not a readable zip: bad zip64 end record")
+            count, _, cd_size = struct.unpack_from("<QQQ", record, 24)
+    return int(count), int(cd_size)
+
+
+def check_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[zipfile.ZipInfo]:
+    """The zip's members after every safety check (count from the end record first, then the member list).
+
+    Raises UnsafeArchive for too many members, traversal, links, encryption, too large members or total;
+    InvalidInput for a file that is not a zip. Reads no member data.
+    """
+    path = Path(path)
+    count, cd_size = _declared_members(path)
+    if count > limits.max_members or cd_size > limits.max_members * CD_BYTES_PER_MEMBER:
+        raise UnsafeArchive(
+            f"archive declares {count} members ({cd_size} bytes of directory); at most "
+            f"{limits.max_members} are allowed"
+        )
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InvalidInput(f"archive {path.name!r} is not a readable zip: {exc}") from None
+    _check_members(infos, limits)
+    return infos
+
+
+def _check_members(infos: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+    if len(infos) > limits.max_members:
+        raise UnsafeArchive(f"archive has {len(infos)} members; at most {limits.max_members} are allowed")
+    total = 0
+    for info in infos:
+        if _unsafe_name(info.filename):
+            raise UnsafeArchive(
+                f"archive member {info.filename!r} points outside the archive (path traversal)"
+            )
+        if info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16):
+            raise UnsafeArchive(f"archive member {info.filename!r} is a symbolic link")
+        if info.flag_bits & 0x1:
+            raise UnsafeArchive(f"archive member {info.filename!r} is encrypted")
+        if info.file_size > limits.max_member_bytes:
+            raise UnsafeArchive(
+                f"archive member {info.filename!r} is {info.file_size} bytes uncompressed; "
+                f"at most {limits.max_member_bytes} are allowed"
+            )
+        total += info.file_size
+    if total > limits.max_total_bytes:
+        raise UnsafeArchive(f"archive expands to {total} bytes; at most {limits.max_total_bytes} are allowed")
+
+
 def iter_archive_images(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> Iterator[tuple[str, bytes]]:
     """Yield (member name, bytes) for each image in the zip at `path`, in name order, never touching the disk.
 
@@ -184,35 +273,13 @@ def iter_archive_images(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> 
     encrypted member, or too many / too large members raises UnsafeArchive; an archive with no image raises
     InvalidInput. Non-image members (detected from their bytes) are skipped and logged.
     """
+    check_archive(path, limits)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InvalidInput(f"archive {Path(path).name!r} is not a readable zip: {exc}") from None
     with zf:
         infos = zf.infolist()
-        if len(infos) > limits.max_members:
-            raise UnsafeArchive(f"archive has {len(infos)} members; at most {limits.max_members} are allowed")
-        total = 0
-        for info in infos:
-            if _unsafe_name(info.filename):
-                raise UnsafeArchive(
-                    f"archive member {info.filename!r} points outside the archive (path traversal)"
-                )
-            if info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16):
-                raise UnsafeArchive(f"archive member {info.filename!r} is a symbolic link")
-            if info.flag_bits & 0x1:
-                raise UnsafeArchive(f"archive member {info.filename!r} is encrypted")
-            if info.file_size > limits.max_member_bytes:
-                raise UnsafeArchive(
-                    f"archive member {info.filename!r} is {info.file_size} bytes uncompressed; "
-                    f"at most {limits.max_member_bytes} are allowed"
-                )
-            total += info.file_size
-        if total > limits.max_total_bytes:
-            raise UnsafeArchive(
-                f"archive expands to {total} bytes; at most {limits.max_total_bytes} are allowed"
-            )
-
         names = sorted(i.filename for i in infos if not _skipped_name(i.filename))
         found = 0
         for name in names:

@@ -6,7 +6,7 @@ extraction -> fuse -> export. No Ray here.
 
 Values travel, paths stay home: the input arrives as bytes (`preprocess_files`), per-frame meshes travel as
 the compact arrays of `pipeline.meshcodec`, and the result leaves as bytes (`merge_arrays`); only the caller
-that owns a disk (the ingress, the CLI, a batch writer) writes files, through `pipeline.files.write_atomic`.
+that owns a disk (the ingress, the CLI, a batch writer) writes files, through `pipeline.atomic.write_atomic`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import InvalidInput
-from pipeline.files import write_atomic
 from pipeline.meshcodec import MeshArrays, decode_mesh
 from pipeline.params import JobParams
 

@@ -20,6 +20,7 @@ from deployments.export import Export
 from deployments.options import PreprocessOptions, ReconstructOptions
 from deployments.preprocess import Preprocess
 from deployments.reconstruct import Reconstruct
+from serve_app.exposure import check_exposure, serve_http_host
 from serve_app.ingress import build_app
 from serve_app.settings import Settings
 from serve_app.workers import ServeWorkers
@@ -29,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    max_ongoing_requests=200,  # uploads, polls and SSE streams are I/O-bound
+    # Every SSE stream, WebSocket and upload holds a slot while it lasts; all I/O-bound (serve_config.yaml).
+    max_ongoing_requests=1000,
+    max_queued_requests=500,
 )
 @serve.ingress()
 class Ingress:
@@ -70,6 +73,15 @@ class AppArgs(BaseModel):
     max_upload_files: int | None = None
     torch_threads: int | None = None
     rembg_threads: int | None = None
+    allow_anonymous: bool | None = None
+    max_video_pixels: int | None = None
+    max_video_duration_s: float | None = None
+    max_video_frames: int | None = None
+    max_archive_members: int | None = None
+    max_queued_jobs_per_client: int | None = None
+    client_address_header: str | None = None
+    min_free_disk_bytes: int | None = None
+    orphan_upload_after_s: float | None = None
     default_num_frames: int | None = None
     default_mc_resolution: int | None = None
     default_foreground_ratio: float | None = None
@@ -125,5 +137,8 @@ def settings_from_args(args: AppArgs, base: Settings) -> Settings:
 def app(args: AppArgs) -> Application:
     """Serve app builder: environment (TRIPOSR_SERVE_*) overridden by the given arguments."""
     settings = settings_from_args(args, Settings.from_env())
+    host = serve_http_host()
+    if host is not None:
+        check_exposure(host, settings)
     logger.info("building app: data_dir=%s model_source=%s", settings.data_dir, settings.model_source)
     return build(settings)

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import InvalidParameter, PipelineError
-from pipeline.files import write_atomic
 from pipeline.meshcodec import decode_mesh, encode_mesh, meshes_from_bytes, meshes_to_bytes
 from pipeline.params import JobParams
 from pipeline.runner import job_report

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.files import write_atomic
+from pipeline.atomic import write_atomic
 from pipeline.meshcodec import MeshArrays, meshes_from_bytes, meshes_to_bytes
 
 

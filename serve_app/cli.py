@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.atomic import write_with
 from serve_app.settings import CliSettings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -53,14 +56,25 @@ def _client(args: argparse.Namespace) -> Any:
     return httpx.Client(base_url=args.url, headers=headers, timeout=httpx.Timeout(60.0, read=None))
 
 
+# What Serve's proxy answers by itself, in plain text, before or instead of the app (Ray 2.60).
+PROXY_ANSWERS = {
+    408: "the request took longer than the service's request timeout (request_timeout_s)",
+    499: "the request was cancelled",
+    503: "the service is overloaded or has no running replica",
+}
+
+
 def _check(response: Any) -> Any:
     if response.status_code < 400:
         return response
+    retry = response.headers.get("retry-after")
+    hint = f"; retry in {retry} s" if retry else ""
     try:
         error = response.json()["error"]
-        raise CLIError(f"{error['code']}: {error['message']} (HTTP {response.status_code})")
+        raise CLIError(f"{error['code']}: {error['message']} (HTTP {response.status_code}{hint})")
     except (ValueError, KeyError, TypeError):
-        raise CLIError(f"HTTP {response.status_code}: {response.text[:200]}") from None
+        what = PROXY_ANSWERS.get(response.status_code, response.text[:200].strip())
+        raise CLIError(f"HTTP {response.status_code}: {what}{hint}") from None
 
 
 def _params(args: argparse.Namespace) -> dict[str, str]:
@@ -114,32 +128,49 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+SSE_RECONNECTS = 100  # Serve's proxy ends a stream after request_timeout_s; each reconnect resumes it
+
+
 def _follow(client: Any, job_id: str) -> str:
-    """Follow the job's SSE stream with a 0-100 % bar; returns the final state."""
+    """Follow the job's SSE stream with a 0-100 % bar; returns the final state.
+
+    A stream that ends before a terminal state (the proxy's request timeout, a dropped connection) is
+    reopened with `Last-Event-ID`, so no event is seen twice or lost.
+    """
+    import httpx
     from tqdm import tqdm
 
-    state = "queued"
+    state, last_id = "queued", None
     fmt = "{desc:<16}{percentage:3.0f}%|{bar}| {elapsed}"
-    with (
-        tqdm(total=100, desc="queued", bar_format=fmt) as bar,
-        client.stream("GET", f"/reconstruct/events/{job_id}") as events,
-    ):
-        if events.status_code >= 400:
-            events.read()
-            _check(events)
-        for event in _sse(events.iter_lines()):
-            state = event["state"]
-            bar.set_description_str(state)
-            bar.update(round(event["progress"] * 100) - bar.n)
-            if state in TERMINAL:
-                break
+    with tqdm(total=100, desc="queued", bar_format=fmt) as bar:
+        for _ in range(SSE_RECONNECTS):
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with client.stream("GET", f"/reconstruct/events/{job_id}", headers=headers) as events:
+                    if events.status_code >= 400:
+                        events.read()
+                        _check(events)
+                    for event_id, event in _sse(events.iter_lines()):
+                        last_id = event_id or last_id
+                        state = event["state"]
+                        bar.set_description_str(state)
+                        bar.update(round(event["progress"] * 100) - bar.n)
+                        if state in TERMINAL:
+                            return state
+            except httpx.RemoteProtocolError:  # the proxy closed the stream mid-chunk
+                pass
+            time.sleep(1.0)
     return state
 
 
-def _sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """(event id, data) per SSE event."""
+    event_id = None
     for line in lines:
-        if line.startswith("data: "):
-            yield json.loads(line[6:])
+        if line.startswith("id: "):
+            event_id = line[4:].strip()
+        elif line.startswith("data: "):
+            yield event_id, json.loads(line[6:])
 
 
 def _download(client: Any, job_id: str, out: Path) -> None:
@@ -150,12 +181,15 @@ def _download(client: Any, job_id: str, out: Path) -> None:
             response.read()
             _check(response)
         total = int(response.headers.get("content-length", 0)) or None
-        from pipeline.files import atomic_writer
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
 
-        with atomic_writer(out) as f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
-            for chunk in response.iter_bytes():
-                f.write(chunk)
-                bar.update(len(chunk))
+            def fill(f: BinaryIO) -> None:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+                    bar.update(len(chunk))
+
+            write_with(out, fill)
     print(f"saved {out}")
 
 
@@ -237,7 +271,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, data: bytes) -> None:
-    from pipeline.files import write_atomic
+    from pipeline.atomic import write_atomic
 
     write_atomic(path, data)
     print(f"saved {path}")
@@ -270,11 +304,20 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings.from_env().merged(overrides)
 
 
+def _guard_start(host: str, settings: Any) -> None:
+    """Refuse an exposed bind without a token; have the Serve proxy drop timeout-changing headers."""
+    from serve_app.exposure import PROXY_CALLBACK, PROXY_CALLBACK_ENV, check_exposure
+
+    check_exposure(host, settings)
+    os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # read by the proxy that ray.init starts
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     """Ray + Serve on this machine (no `ray start` needed), sized to it, until Ctrl-C or SIGTERM."""
     from serve_app.launcher import StartError, run_local_service
 
     settings = _settings(args)
+    _guard_start(args.host, settings)
     try:
         return run_local_service(
             settings, host=args.host, port=args.port or CliSettings.from_env().port, num_cpus=args.num_cpus,

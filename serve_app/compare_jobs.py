@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.files import write_atomic
+from pipeline.atomic import write_atomic
 from pipeline.params import CompareParams
 from serve_app import errors as se
 from serve_app.jobs import Job, JobKind, JobState
+from serve_app.request_body import parse_json_body
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -82,10 +83,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body += chunk
         if len(body) > MAX_COMPARE_JSON_BYTES:
             raise se.PayloadTooLarge(f"JSON body larger than {MAX_COMPARE_JSON_BYTES} bytes")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise se.MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    data = parse_json_body(bytes(body))  # strict and bounded (deep nesting, NaN, duplicate keys: 400)
     if not isinstance(data, dict):
         raise se.MalformedJSON("the JSON body must be an object")
     return data

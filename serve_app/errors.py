@@ -8,6 +8,8 @@ handler renders every error as `{"error": {"code", "message"}}`. Anything else i
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -124,11 +126,24 @@ class NotReady(ServiceError):
     code, status = "not_ready", 503
 
 
+class ClientDisconnected(ServiceError):
+    code, status = "client_disconnected", 400
+
+
+class TooManyJobs(ServiceError):
+    code, status = "too_many_jobs", 429
+
+
+class InsufficientStorage(ServiceError):
+    code, status = "insufficient_storage", 507
+
+
 # Pipeline error class -> (HTTP status). The pipeline's own `.code` is kept so clients see e.g.
 # `video_decode_error`, not a generic code. Most specific classes first: lookup walks the MRO.
 PIPELINE_STATUS: dict[type[pe.PipelineError], int] = {
     pe.UnsupportedMedia: 415,
     pe.VideoDecodeError: 422,
+    pe.VideoTooLarge: 413,
     pe.ImageTooLarge: 413,
     pe.UnsafeArchive: 422,
     pe.InvalidInput: 400,
@@ -148,8 +163,28 @@ def pipeline_status(exc: pe.PipelineError) -> int:
     return 500
 
 
+# Exceptions that only a client can cause, raised by the libraries below the routes (the body parser, the
+# request stream): each is an answer, not a fault. Anything not listed here or above is a 500.
+def _client_faults() -> dict[type[BaseException], type[ServiceError]]:
+    from python_multipart.exceptions import FormParserError
+    from starlette.requests import ClientDisconnect
+
+    return {ClientDisconnect: ClientDisconnected, FormParserError: MalformedMultipart}
+
+
+MAX_MESSAGE_CHARS = 400
+# An absolute path inside a message (a library's error text): only its last part reaches the client.
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"/:]+/)+([^\s'\":]*)")
+
+
+def public_message(message: str) -> str:
+    """A message fit for a client: absolute paths cut to their last part, length capped."""
+    cleaned = _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
+    return cleaned if len(cleaned) <= MAX_MESSAGE_CHARS else cleaned[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": public_message(message)}}
 
 
 def error_response(
@@ -180,9 +215,24 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     return error_response(code, str(exc.detail), exc.status_code, dict(exc.headers or {}))
 
 
+async def handle_client_fault(request: Request, exc: Exception) -> JSONResponse:
+    """A library error only a client can cause (see `_client_faults`), answered as its service error."""
+    for cls in type(exc).__mro__:
+        mapped = _client_faults().get(cls)
+        if mapped is not None:
+            logger.info("client fault on %s %s: %r", request.method, request.url.path, exc)
+            message = str(exc) or "the request body ended early (client disconnected)"
+            return await handle_service_error(request, mapped(message))
+    return await handle_unexpected(request, exc)  # pragma: no cover - registered only for listed classes
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response("internal", "internal server error (logged)", 500)
+    """A server fault: a generic answer carrying an error id; the id and the traceback go to the log."""
+    error_id = secrets.token_hex(8)
+    logger.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    return error_response(
+        "internal", f"internal server error (error id {error_id})", 500, {"X-Error-Id": error_id}
+    )
 
 
 def exception_handlers() -> dict:
@@ -193,6 +243,7 @@ def exception_handlers() -> dict:
         ServiceError: handle_service_error,
         pe.PipelineError: handle_pipeline_error,
         HTTPException: handle_http_exception,
+        **dict.fromkeys(_client_faults(), handle_client_fault),
         Exception: handle_unexpected,
     }
 

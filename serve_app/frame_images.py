@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-# The project's one atomic-write helper (issue 9 moves it to pipeline.files.write_atomic: change this import).
-from pipeline.files import write_atomic
+from pipeline.atomic import write_atomic  # the project's one atomic-write helper
 
 FOLDER = "frames"
 

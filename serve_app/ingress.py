@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -27,12 +28,24 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pipeline.params import JobParams, describe_params
 from serve_app import errors as se
+from serve_app.event_feed import EventFeed
 from serve_app.frame_images import frame_image_path
-from serve_app.jobs import TERMINAL, Job, JobKind, JobState, JobStore, new_job_id
+from serve_app.jobs import (
+    TERMINAL,
+    ClientQuotaExceeded,
+    Job,
+    JobKind,
+    JobState,
+    JobStore,
+    QueueFull,
+    new_job_id,
+)
 from serve_app.metrics import ServiceMetrics
+from serve_app.openapi import openapi_route
 from serve_app.orchestrator import Orchestrator, Workers
+from serve_app.request_body import parse_json_body
 from serve_app.settings import Settings
-from serve_app.uploads import FILE_FIELDS, receive_multipart, resolve_under
+from serve_app.uploads import FILE_FIELDS, receive_multipart, resolve_under, sweep_orphan_uploads
 from serve_app.web import web_routes
 
 logger = logging.getLogger(__name__)
@@ -40,6 +53,7 @@ logger = logging.getLogger(__name__)
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 MAX_JSON_BYTES = 64 * 1024
+LAST_EVENT_ID_RE = re.compile(r"^[0-9]{1,18}$")  # fits SQLite's INTEGER
 PATH_FIELDS = ("source", "preprocessing_output_dir", "output_glb_path")
 EVENT_POLL_S = 0.25
 KEEPALIVE_S = 15.0
@@ -54,23 +68,46 @@ class Service:
         self.workers = workers
         self.metrics = metrics or ServiceMetrics()
         self.store: JobStore | None = None
+        self.feed: EventFeed | None = None
         self.orchestrator: Orchestrator | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.store = await asyncio.to_thread(JobStore, self.settings.db_path)
+        self.feed = EventFeed(self.store.events_since, EVENT_POLL_S)
         self.orchestrator = Orchestrator(self.store, self.settings, self.workers, self.metrics)
         await self.orchestrator.start()
+        sweeper = asyncio.create_task(self._sweep_orphan_uploads())
         try:
             yield
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await self.orchestrator.stop()
+
+    async def _sweep_orphan_uploads(self) -> None:
+        """Every sweep interval: remove job folders that never became a job (killed uploads, crashes)."""
+        while True:
+            try:
+                await asyncio.to_thread(
+                    sweep_orphan_uploads, self.settings.jobs_dir, self.jobs.exists,
+                    self.settings.orphan_upload_after_s,
+                )  # fmt: skip
+            except Exception:
+                logger.exception("orphaned upload sweep failed; retrying next interval")
+            await asyncio.sleep(self.settings.sweep_interval_s)
 
     @property
     def jobs(self) -> JobStore:
         if self.store is None:
             raise se.NotReady("the service is starting")
         return self.store
+
+    @property
+    def events_feed(self) -> EventFeed:
+        if self.feed is None:
+            raise se.NotReady("the service is starting")
+        return self.feed
 
     @property
     def runner(self) -> Orchestrator:
@@ -80,13 +117,36 @@ class Service:
 
     # -- helpers -------------------------------------------------------------------------------------------
     def authorize(self, headers: Any) -> None:
+        if not self.is_authorized(headers):
+            raise se.Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def is_authorized(self, headers: Any) -> bool:
         token = self.settings.api_token
         if token is None:
-            return
+            return True
         given = headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise se.Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode("utf-8", "replace"), token.encode()
+        )
+
+    def client_of(self, request: Request) -> str:
+        """The submitter's address for the per-client queue limit (a trusted proxy's header if set)."""
+        header = self.settings.client_address_header
+        if header:
+            forwarded = request.headers.get(header, "").split(",")[0].strip()
+            if forwarded:
+                return forwarded[:64]
+        return request.client.host if request.client else "unknown"
+
+    def check_disk(self) -> None:
+        """507 when the data dir's disk has less than `min_free_disk_bytes` free (checked before storing)."""
+        usage = shutil.disk_usage(self.settings.data_dir)
+        if usage.free < self.settings.min_free_disk_bytes:
+            raise se.InsufficientStorage(
+                "the service is low on disk space and accepts no new jobs now; retry later",
+                headers={"Retry-After": "300"},
+            )
 
     async def get_job(self, job_id: str) -> Job:
         if not JOB_ID_RE.match(job_id):
@@ -102,6 +162,16 @@ class Service:
             "events_url": f"{root}/reconstruct/events/{job_id}",
             "ws_url": f"{root}/reconstruct/ws/{job_id}",
         }
+
+    def detect_all(self, paths: list[Path]) -> list[str]:
+        """Kind of each input from its bytes, headers checked against the limits (runs in a thread)."""
+        from pipeline.frames import VideoLimits
+        from pipeline.inputs import ArchiveLimits, detect_kind
+
+        s = self.settings
+        video = VideoLimits(s.max_video_pixels, s.max_video_duration_s, s.max_video_frames)
+        archive = ArchiveLimits(max_members=s.max_archive_members)
+        return [str(detect_kind(p, video_limits=video, archive_limits=archive).value) for p in paths]
 
     def params_from(self, raw: dict[str, Any]) -> JobParams:
         merged = {**self.settings.defaults.to_dict(), **{k: v for k, v in raw.items() if v is not None}}
@@ -130,6 +200,8 @@ class Service:
                 f"{counts['queued']} jobs are queued (limit {self.settings.max_queued_jobs}); retry later",
                 headers={"Retry-After": "30"},
             )
+        await asyncio.to_thread(self.check_disk)
+        client = self.client_of(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
@@ -143,9 +215,9 @@ class Service:
                     f"Content-Type {content_type or '(none)'!r} is not accepted; send multipart/form-data "
                     "(video, images or archive) or application/json (source)"
                 )
-            job, created = await asyncio.to_thread(
-                self.jobs.create, params, job_id=job_id, input_path=str(input_path), input_kind=kind,
-                output_path=None if output is None else str(output), idempotency_key=key,
+            job, created = await self._create(
+                params, job_id=job_id, input_path=str(input_path), input_kind=kind,
+                output_path=None if output is None else str(output), idempotency_key=key, client=client,
             )  # fmt: skip
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
@@ -154,6 +226,25 @@ class Service:
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
         self.runner.wake()
         return self._accepted(request, job, replayed=not created)
+
+    async def _create(self, params: Any, **fields: Any) -> Any:
+        """`JobStore.create` with the queue limits checked inside its transaction, mapped to 503 / 429."""
+        try:
+            return await asyncio.to_thread(
+                functools.partial(self.jobs.create, params, **fields,
+                                  client_limit=self.settings.max_queued_jobs_per_client,
+                                  queue_limit=self.settings.max_queued_jobs)
+            )  # fmt: skip
+        except QueueFull as exc:  # filled up while this upload streamed in
+            raise se.Overloaded(
+                f"{exc.queued} jobs are queued (limit {exc.limit}); retry later",
+                headers={"Retry-After": "30"},
+            ) from None
+        except ClientQuotaExceeded as exc:
+            raise se.TooManyJobs(
+                f"you have {exc.queued} queued jobs (limit {exc.limit} per client); wait for some to start",
+                headers={"Retry-After": "30"},
+            ) from None
 
     def _accepted(self, request: Request, job: Job, *, replayed: bool) -> JSONResponse:
         urls = self.urls(request, job.id)
@@ -187,14 +278,14 @@ class Service:
         kinds = {f.field for f in upload.files}
         if len(kinds) > 1 or (len(upload.files) > 1 and kinds != {"images"}):
             raise se.BadRequest("send one video, one archive, or one or more images — not a mix")
-        detected = await asyncio.to_thread(_detect_all, [f.path for f in upload.files])
+        detected = await asyncio.to_thread(self.detect_all, [f.path for f in upload.files])
         if len(upload.files) == 1:
             input_path, kind = upload.files[0].path, detected[0]
         else:
             if set(detected) != {"image"}:
                 raise se.UnsupportedMedia("several files were uploaded but not all of them are images")
             input_path, kind = input_dir, "images"
-        output = self._output_path(output_raw)
+        output = await asyncio.to_thread(self._output_path, output_raw)
         return input_path, kind, params, output
 
     async def _from_json(self, request: Request) -> tuple[Path, str, JobParams, Path | None]:
@@ -203,10 +294,7 @@ class Service:
             body += chunk
             if len(body) > MAX_JSON_BYTES:
                 raise se.PayloadTooLarge(f"JSON body larger than {MAX_JSON_BYTES} bytes")
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise se.MalformedJSON(f"request body is not valid JSON: {exc}") from None
+        data = parse_json_body(bytes(body))
         if not isinstance(data, dict):
             raise se.MalformedJSON("the JSON body must be an object")
         source = data.pop("source", None)
@@ -218,15 +306,21 @@ class Service:
         params = self.params_from(data)
         if source is None:
             raise se.MissingInput("JSON requests need 'source' (or 'preprocessing_output_dir')")
-        path = resolve_under(source, self.settings.input_roots, what="source", must_exist=True)
-        kind = "images" if path.is_dir() else (await asyncio.to_thread(_detect_all, [path]))[0]
-        return path, kind, params, self._output_path(output_raw)
+        path = await asyncio.to_thread(
+            resolve_under, source, self.settings.input_roots, what="source", must_exist=True
+        )
+        kind = "images" if path.is_dir() else (await asyncio.to_thread(self.detect_all, [path]))[0]
+        return path, kind, params, await asyncio.to_thread(self._output_path, output_raw)
 
     def _output_path(self, raw: Any) -> Path | None:
         if raw is None or raw == "":
             return None
         path = resolve_under(raw, self.settings.output_roots, what="output_glb_path", must_exist=False)
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError as exc:
+            raise se.InvalidInput(f"output_glb_path {raw!r} cannot be used: {exc.strerror}") from None
+        if is_dir:
             raise se.InvalidInput(f"output_glb_path {raw!r} is a folder; give a file path")
         return path
 
@@ -244,13 +338,14 @@ class Service:
                 f"{counts['queued']} jobs are queued (limit {self.settings.max_queued_jobs}); retry later",
                 headers={"Retry-After": "30"},
             )
+        await asyncio.to_thread(self.check_disk)
         job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
         try:
             params = await stage_request(request, job_dir, self.jobs, self.settings)
-            job, _ = await asyncio.to_thread(
-                self.jobs.create, params, kind=JobKind.COMPARE, job_id=job_id,
-                input_path=str(job_dir / "input"), input_kind="meshes",
+            job, _ = await self._create(
+                params, kind=JobKind.COMPARE, job_id=job_id, input_path=str(job_dir / "input"),
+                input_kind="meshes", client=self.client_of(request),
             )  # fmt: skip
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
@@ -315,8 +410,7 @@ class Service:
     async def events(self, request: Request) -> Response:
         self.authorize(request.headers)
         job = await self.get_job(request.path_params["job_id"])
-        last = request.headers.get("last-event-id", "0")
-        after = int(last) if last.isdigit() else 0
+        after = last_event_id(request.headers.get("last-event-id"))
 
         async def stream() -> AsyncIterator[str]:
             async for event in self._event_stream(job.id, after):
@@ -334,19 +428,24 @@ class Service:
     async def _event_stream(self, job_id: str, after: int) -> AsyncIterator[dict[str, Any] | None]:
         """Every event after `after` until a terminal state; None now and then as a keep-alive."""
         quiet_since = time.monotonic()
-        while True:
-            events = await asyncio.to_thread(self.jobs.events_since, job_id, after)
-            for event in events:
-                after = event["seq"]
-                yield event
-                if JobState(event["state"]) in TERMINAL:
-                    return
-            if events:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > KEEPALIVE_S:
-                quiet_since = time.monotonic()
-                yield None
-            await asyncio.sleep(EVENT_POLL_S)
+        feed = self.events_feed
+        feed.opened(job_id)
+        try:
+            while True:
+                events = await feed.since(job_id, after)
+                for event in events:
+                    after = event["seq"]
+                    yield event
+                    if JobState(event["state"]) in TERMINAL:
+                        return
+                if events:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield None
+                await asyncio.sleep(EVENT_POLL_S)
+        finally:
+            feed.closed(job_id)
 
     async def websocket(self, websocket: WebSocket) -> None:
         try:
@@ -413,8 +512,12 @@ class Service:
         if self.store is None or self.orchestrator is None or not self.orchestrator.ready:
             raise se.NotReady("the service is starting or stopping")
         problems = await self.workers.unavailable()
-        if problems:
-            raise se.NotReady(f"not ready: {'; '.join(p.public for p in problems)}")
+        authorized = self.is_authorized(request.headers)
+        if problems:  # anonymous probes learn ready or not, nothing more
+            detail = "; ".join(p.public for p in problems) if authorized else "a worker deployment is down"
+            raise se.NotReady(f"not ready: {detail}")
+        if not authorized:
+            return JSONResponse({"status": "ready"})
         counts = await asyncio.to_thread(self.store.counts)
         return JSONResponse(
             {"status": "ready", "jobs": counts, "running_here": len(self.orchestrator.running)}
@@ -433,11 +536,13 @@ def _int_query(raw: str | None, name: str, default: int, lo: int, hi: int) -> in
     return value
 
 
-def _detect_all(paths: list[Path]) -> list[str]:
-    """Kind of each input from its bytes (videos are probed): raises the pipeline's 415/422 errors."""
-    from pipeline.inputs import detect_kind
-
-    return [str(detect_kind(path).value) for path in paths]
+def last_event_id(raw: str | None) -> int:
+    """The SSE `Last-Event-ID` to resume after: ASCII digits only (`int` would take other scripts' digits)."""
+    if raw is None or raw == "":
+        return 0
+    if not LAST_EVENT_ID_RE.match(raw):
+        raise se.BadRequest("Last-Event-ID must be an event id this service sent (1-18 ASCII digits)")
+    return int(raw)
 
 
 def build_app(settings: Settings, workers: Workers, metrics: ServiceMetrics | None = None) -> Starlette:
@@ -459,6 +564,7 @@ def build_app(settings: Settings, workers: Workers, metrics: ServiceMetrics | No
         Route("/readyz", service.readyz, methods=["GET"]),
         *web_routes(),
     ]
+    routes.append(openapi_route())
     app = Starlette(routes=routes, exception_handlers=se.exception_handlers(), lifespan=service.lifespan)
     app.state.service = service
     return app

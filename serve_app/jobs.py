@@ -93,6 +93,22 @@ STAGE_OF = {
 }
 
 
+class QueueFull(RuntimeError):
+    """The queue already holds `limit` jobs (checked inside the insert's transaction)."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} jobs are queued (limit {limit})")
+        self.queued, self.limit = queued, limit
+
+
+class ClientQuotaExceeded(RuntimeError):
+    """A client already has its limit of queued jobs; `.queued` says how many."""
+
+    def __init__(self, client: str, queued: int, limit: int) -> None:
+        super().__init__(f"client {client} has {queued} queued jobs (limit {limit})")
+        self.queued, self.limit = queued, limit
+
+
 class InvalidTransition(RuntimeError):
     """A state change the table does not allow (e.g. succeeded -> reconstructing); a bug or a lost race."""
 
@@ -155,6 +171,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'reconstruct';
     CREATE INDEX jobs_kind_created ON jobs (kind, created_at);
     """,
+    # 5: who submitted a job (client address), for the per-client queue limit
+    """
+    ALTER TABLE jobs ADD COLUMN client TEXT;
+    CREATE INDEX jobs_client_state ON jobs (client, state);
+    """,
 ]
 
 _JSON_FIELDS = ("frames", "report", "timings", "warnings")
@@ -206,6 +227,7 @@ class Job:
     files_removed_at: float | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
     kind: JobKind = JobKind.RECONSTRUCT
+    client: str | None = None  # submitter's address (per-client queue limit); never shown in public docs
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -378,6 +400,9 @@ class JobStore:
             for r in rows
         ]  # fmt: skip
 
+    def exists(self, job_id: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
+
     def find_by_idempotency_key(self, key: str) -> Job | None:
         row = self._conn().execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
         return None if row is None else Job.from_row(row)
@@ -393,8 +418,16 @@ class JobStore:
         input_kind: str | None = None,
         output_path: str | None = None,
         idempotency_key: str | None = None,
+        client: str | None = None,
+        client_limit: int | None = None,
+        queue_limit: int | None = None,
     ) -> tuple[Job, bool]:
-        """Insert a queued job; with a known idempotency key return (existing job, False) instead."""
+        """Insert a queued job; with a known idempotency key return (existing job, False) instead.
+
+        With `client_limit`, raise ClientQuotaExceeded when `client` already has that many queued jobs; with
+        `queue_limit`, QueueFull when the queue has that many. Both are counted inside the insert's write
+        transaction, so parallel submissions cannot overshoot.
+        """
         job_id = job_id or new_job_id()
         now = time.time()
         with self._write() as conn:
@@ -404,13 +437,26 @@ class JobStore:
                 ).fetchone()
                 if row is not None:
                     return Job.from_row(row), False
+            if queue_limit is not None:
+                queued = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+                ).fetchone()[0]
+                if queued >= queue_limit:
+                    raise QueueFull(int(queued), queue_limit)
+            if client is not None and client_limit is not None:
+                queued = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE client = ? AND state = ?",
+                    (client, JobState.QUEUED.value),
+                ).fetchone()[0]
+                if queued >= client_limit:
+                    raise ClientQuotaExceeded(client, int(queued), client_limit)
             conn.execute(
                 "INSERT INTO jobs (id, kind, state, stage, progress, params, input_path, input_kind, "
-                "output_path, idempotency_key, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                "output_path, idempotency_key, client, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, kind.value, JobState.QUEUED.value, STAGE_OF[JobState.QUEUED],
                  json.dumps(params.to_dict()), input_path, input_kind, output_path, idempotency_key,
-                 now, now),
+                 client, now, now),
             )  # fmt: skip
             self._event(conn, job_id, JobState.QUEUED, "queue", 0.0, None, now)
         logger.info("job created job_id=%s kind=%s input=%s", job_id, kind.value, input_kind)

@@ -26,7 +26,7 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.files import write_atomic
+from pipeline.atomic import write_atomic
 from pipeline.runner import InputFiles, job_report
 from serve_app.checkpoints import Checkpoints
 from serve_app.compare_jobs import run_compare

@@ -65,6 +65,16 @@ class Settings:
     max_upload_files: int = 64  # files in one multipart upload (images)
     torch_threads: int | None = None  # torch CPU threads in a reconstruct replica; None = its num_cpus
     rembg_threads: int | None = None  # onnxruntime threads in a preprocess replica; None = its num_cpus
+    # Exposure and abuse limits (serve_app/exposure.py, README "Security model" and "Limits").
+    allow_anonymous: bool = False  # let a non-loopback bind run without api_token (explicit opt-in)
+    max_video_pixels: int = 7680 * 4320  # per frame, from the container header (8K UHD)
+    max_video_duration_s: float = 600.0  # from the container header
+    max_video_frames: int = 36_000  # from the container header (10 min at 60 fps)
+    max_archive_members: int = 1000  # zip members, read from the end record before the directory is walked
+    max_queued_jobs_per_client: int = 32  # queued jobs of one client address; more get 429
+    client_address_header: str | None = None  # e.g. x-forwarded-for, only behind a trusted reverse proxy
+    min_free_disk_bytes: int = 2 * 1024**3  # submissions get 507 when the data dir's disk has less free
+    orphan_upload_after_s: float = 3600.0  # job folders with no job row this old are removed
     defaults: JobParams = field(default_factory=JobParams)
 
     @classmethod
@@ -114,6 +124,14 @@ class Settings:
             raise SettingsError("sweep_interval_s and orphan_after_s must be > 0")
         if self.max_attempts < 1 or self.max_upload_files < 1 or self.stage_attempts < 1:
             raise SettingsError("max_attempts, stage_attempts and max_upload_files must be >= 1")
+        for name in ("max_video_pixels", "max_video_frames", "max_archive_members",
+                     "max_queued_jobs_per_client"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_video_duration_s <= 0 or self.orphan_upload_after_s <= 0:
+            raise SettingsError("max_video_duration_s and orphan_upload_after_s must be > 0")
+        if self.min_free_disk_bytes < 0:
+            raise SettingsError(f"min_free_disk_bytes must be >= 0, got {self.min_free_disk_bytes}")
         for name in ("torch_threads", "rembg_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:

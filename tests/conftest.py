@@ -85,14 +85,19 @@ def free_port() -> int:
 def ray_cluster():
     """One small local Ray cluster for the session: a logical GPU so fractional-GPU replicas schedule on CPU.
 
-    Yields the Prometheus metrics port. Ray's footprint is bounded: 6 logical CPUs (for the 5 replicas; on a
-    2-core machine they mostly wait on each other), a 256 MB object store, no dashboard UI,
-    metrics reported every second.
+    Shared by tests/serve and tests/hostile; yields the Prometheus metrics port. Ray's footprint is bounded:
+    6 logical CPUs (for the 5 replicas; on a 2-core machine they mostly wait on each other), a 256 MB object
+    store, no dashboard UI, metrics reported every second.
     """
+    import os
+
     import ray
     from ray import serve
 
-    root = ROOT
+    from serve_app.exposure import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    # As `triposr-serve start` does: the proxy Ray starts drops the headers that change Serve's limits.
+    os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     metrics_port = free_port()
     ray.init(
         num_cpus=6,
@@ -101,7 +106,7 @@ def ray_cluster():
         include_dashboard=False,
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},
-        runtime_env={"env_vars": {"PYTHONPATH": str(root)}},
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
         log_to_driver=False,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})

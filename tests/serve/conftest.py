@@ -1,7 +1,7 @@
 """Fixtures for the service tests: generated media, the real tiny model + u2netp, settings, a client.
 
-Nothing here is mocked: `LocalWorkers` runs the real pipeline stages in-process for the Starlette tests; the
-Ray tests (test_e2e.py) share one local cluster per session from `ray_cluster` (tests/conftest.py).
+Nothing here is mocked: `LocalWorkers` runs the real pipeline stages in-process for the Starlette tests;
+the Ray tests (test_e2e.py, tests/hostile) share one cluster per session (`ray_cluster`, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.settings import Settings
+from tests.conftest import free_port  # noqa: F401  (tests import it from here)
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:

@@ -46,3 +46,19 @@ def test_run_reconstructs_in_process(capsys, ring_video, tiny_model_dir, rembg_d
     assert main(args) == 0, capsys.readouterr().err
     assert "saved" in capsys.readouterr().out
     assert len(trimesh.load(out).geometry) >= 1
+
+
+def test_serve_proxy_plain_text_answers_become_one_readable_line():
+    import httpx
+    import pytest
+
+    from serve_app.cli import CLIError, _check
+
+    dropped = httpx.Response(503, text="Request dropped due to backpressure", headers={"Retry-After": "2"})
+    with pytest.raises(CLIError, match=r"HTTP 503: the service is overloaded .*; retry in 2 s"):
+        _check(dropped)
+    with pytest.raises(CLIError, match=r"HTTP 408: the request took longer than"):
+        _check(httpx.Response(408, text="Request abc timed out after 600.0s."))
+    envelope = {"error": {"code": "too_many_jobs", "message": "you have 32 queued jobs"}}
+    with pytest.raises(CLIError, match=r"too_many_jobs: you have 32 queued jobs \(HTTP 429; retry in 30 s\)"):
+        _check(httpx.Response(429, json=envelope, headers={"Retry-After": "30"}))
