@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -174,6 +175,14 @@ def kill9(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _may_hide_tmp() -> bool:
+    """A whole fresh /tmp on the workers hides every host temp file, unless the checkout or its venv live
+    there (a CI clone under /tmp): then only the service's own folder (data dir, inputs) is hidden."""
+    tmp = Path("/tmp").resolve()
+    here = (Path(__file__).resolve(), Path(sys.prefix).resolve())
+    return not any(p.is_relative_to(tmp) for p in here)
+
+
 @contextlib.contextmanager
 def cluster_service(
     args: dict[str, Any], *, faults: bool = False, reconstruct_user_config: dict | None = None
@@ -184,7 +193,7 @@ def cluster_service(
     head = start_head(num_cpus=2, num_gpus=0, resources={"head": 10})
     workers: list[LocalWorker] = []
     try:
-        hide = (Path("/tmp"), base)  # base lies under /tmp; listed for the day it does not
+        hide = (Path("/tmp"), base) if _may_hide_tmp() else (base,)
         workers.append(start_worker(head, num_cpus=2, resources={"node_a": 10}, hide=hide))
         workers.append(start_worker(head, num_cpus=1, num_gpus=1, resources={"node_b": 10}, hide=hide))
         port = free_port()

@@ -139,10 +139,10 @@ def test_concurrent_jobs_all_finish_and_share_gpu_batches(service, ring_video):
         t.join()
     docs = [wait_terminal(client, job_id) for job_id in ids]
     assert [d["state"] for d in docs] == ["succeeded"] * 4, [d["error"] for d in docs]
-    for doc in docs:  # only the ingress wrote the job folder: the input, the result and its report
+    for doc in docs:  # only the ingress wrote the job folder: input, frame previews, result and its report
         assert doc["frames"]["selected"] == 2
         files = sorted(p.name for p in (settings.jobs_dir / doc["job_id"]).iterdir())
-        assert files == ["input", "report.json", "result.glb"], files
+        assert files == ["frames", "input", "report.json", "result.glb"], files
     after = serve.get_deployment_handle("Reconstruct", app_name=APP).batch_stats.remote().result()
     assert after["frames"] - before["frames"] == 8
     assert after["multi_job_batches"] > before["multi_job_batches"], after["recent"]
