@@ -3,7 +3,7 @@
     python benchmarks/bench_load.py                       # tiny model, u2netp; about 3 minutes
     python benchmarks/bench_load.py --clients 100 --phase-s 20
 
-An asyncio + httpx harness against a real local Ray Serve app (tiny TripoSR, rembg u2netp), three phases:
+An asyncio + aiohttp harness against a real local Ray Serve app (tiny TripoSR, rembg u2netp), three phases:
 
 1. `--clients` concurrent clients while 4 jobs run: half poll `GET /reconstruct/status/{id}` (every
    `--poll-s`), half hold `GET /reconstruct/events/{id}` SSE streams. Prints status p50/p99 and errors.
@@ -75,11 +75,27 @@ def rss_mb(pid: int | None) -> float:
     return psutil.Process(pid).memory_info().rss / 1024**2 if pid else float("nan")
 
 
+def form(video: bytes, **fields: str):
+    import aiohttp
+
+    data = aiohttp.FormData()
+    data.add_field("video", video, filename="ring.mp4", content_type="video/mp4")
+    for name, value in fields.items():
+        data.add_field(name, value)
+    return data
+
+
 async def submit(client, video: bytes, **fields) -> tuple[int, float, str | None]:
     t0 = time.perf_counter()
-    response = await client.post("/reconstruct", files={"video": ("ring.mp4", video)}, data=fields)
-    job = response.json().get("job_id") if response.status_code == 202 else None
-    return response.status_code, time.perf_counter() - t0, job
+    async with client.post("/reconstruct", data=form(video, **fields)) as response:
+        doc = await response.json(content_type=None)
+        status = response.status
+    return status, time.perf_counter() - t0, doc.get("job_id") if status == 202 else None
+
+
+async def get_json(client, path: str) -> dict:
+    async with client.get(path) as response:
+        return await response.json(content_type=None)
 
 
 async def wait_all(client, job_ids: list[str], timeout_s: float) -> dict[str, str]:
@@ -88,32 +104,43 @@ async def wait_all(client, job_ids: list[str], timeout_s: float) -> dict[str, st
     while time.monotonic() < deadline and len(states) < len(job_ids):
         for job_id in job_ids:
             if job_id not in states:
-                state = (await client.get(f"/reconstruct/status/{job_id}")).json()["state"]
+                state = (await get_json(client, f"/reconstruct/status/{job_id}"))["state"]
                 if state in TERMINAL:
                     states[job_id] = state
         await asyncio.sleep(0.5)
     return states
 
 
+def session(url: str, connections: int, timeout_s: float):
+    """One aiohttp session for many simulated clients: its pool costs the harness little CPU (httpx's
+    pool, with hundreds of connections, took most of a core of this 2-core machine from the service)."""
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        url, connector=aiohttp.TCPConnector(limit=connections), timeout=aiohttp.ClientTimeout(total=timeout_s)
+    )
+
+
 async def phase_status_and_sse(client, url: str, video: bytes, clients: int, poll_s: float, seconds: float):
-    import httpx
+    import aiohttp
 
     jobs = [(await submit(client, video))[2] for _ in range(4)]
     latencies: list[float] = []
     errors: list[str] = []
     stop = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
 
     async def poller(i: int, c) -> None:
         job_id = jobs[i % len(jobs)]
+        await asyncio.sleep(poll_s * i / clients)  # spread the pollers over the period, as real clients are
         while time.monotonic() < stop:
             t0 = time.perf_counter()
             try:
-                r = await c.get(f"/reconstruct/status/{job_id}")
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    errors.append(f"status {r.status_code}")
-            except httpx.HTTPError as exc:
+                async with c.get(f"/reconstruct/status/{job_id}") as r:
+                    await r.read()
+                    latencies.append(time.perf_counter() - t0)
+                    if r.status != 200:
+                        errors.append(f"status {r.status}")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 errors.append(type(exc).__name__)
             await asyncio.sleep(poll_s)
 
@@ -121,21 +148,20 @@ async def phase_status_and_sse(client, url: str, video: bytes, clients: int, pol
         job_id = jobs[i % len(jobs)]
         while time.monotonic() < stop:  # reopen after the job ends, so the stream count stays up
             try:
-                async with c.stream("GET", f"/reconstruct/events/{job_id}") as r:
-                    if r.status_code != 200:
-                        errors.append(f"sse {r.status_code}")
+                async with c.get(f"/reconstruct/events/{job_id}") as r:
+                    if r.status != 200:
+                        errors.append(f"sse {r.status}")
                         return
-                    async for _ in r.aiter_lines():
+                    async for _ in r.content:
                         if time.monotonic() > stop:
                             return
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 errors.append(f"sse {type(exc).__name__}")
                 return
             await asyncio.sleep(poll_s)
 
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
-        tasks = [poller(i, c) if i % 2 else streamer(i, c) for i in range(clients)]
-        await asyncio.gather(*tasks)
+    async with session(url, clients + 10, seconds + 60) as c:
+        await asyncio.gather(*(poller(i, c) if i % 2 else streamer(i, c) for i in range(clients)))
     states = await wait_all(client, jobs, timeout_s=300)
     ok = sum(1 for s in states.values() if s == "succeeded")
     print(f"[1] {clients} clients ({clients // 2} polling every {poll_s}s, {clients - clients // 2} SSE) for "
@@ -152,7 +178,8 @@ async def phase_overload(client, video: bytes, max_queued: int):
     others = sorted({status for status, _, _ in results if status not in (202, 503)})
     after = rss_mb(pid)
     for job_id in accepted:  # free the cluster for the next phase
-        await client.delete(f"/jobs/{job_id}")
+        async with client.delete(f"/jobs/{job_id}") as r:
+            await r.read()
     print(f"[2] {5 * max_queued} submissions at once (max_queued_jobs {max_queued}): "
           f"{len(accepted)} accepted, {len(refused)} got 503, other statuses {others}; "
           f"time to 503 {ms(refused)}; ingress RSS "
@@ -160,23 +187,24 @@ async def phase_overload(client, video: bytes, max_queued: int):
 
 
 async def probe_healthz(url: str, stop: asyncio.Event, out: list[float], errors: list[str]) -> None:
-    import httpx
+    import aiohttp
 
-    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+    async with session(url, 2, 10) as c:
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                r = await c.get("/healthz")
-                out.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    errors.append(str(r.status_code))
-            except httpx.HTTPError as exc:
+                async with c.get("/healthz") as r:
+                    await r.read()
+                    out.append(time.perf_counter() - t0)
+                    if r.status != 200:
+                        errors.append(str(r.status))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 errors.append(type(exc).__name__)
             await asyncio.sleep(0.05)
 
 
 async def phase_uploads(url: str, clients: int, seconds: float):
-    import httpx
+    import aiohttp
 
     head = b'--bnd\r\nContent-Disposition: form-data; name="video"; filename="drip.bin"\r\n\r\n'
     tail = b"\r\n--bnd--\r\n"
@@ -202,15 +230,16 @@ async def phase_uploads(url: str, clients: int, seconds: float):
         statuses: list[int] = []
         stop = asyncio.Event()
         probe = asyncio.create_task(probe_healthz(url, stop, healthz, errors))
-        limits = httpx.Limits(max_connections=n + 5)
 
         async def upload(c) -> None:
             try:
-                statuses.append((await c.post("/reconstruct", content=body(), headers=headers)).status_code)  # noqa: B023
-            except httpx.HTTPError as exc:
+                async with c.post("/reconstruct", data=body(), headers=headers) as r:  # noqa: B023
+                    await r.read()
+                    statuses.append(r.status)  # noqa: B023
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 errors.append(f"upload {type(exc).__name__}")  # noqa: B023
 
-        async with httpx.AsyncClient(base_url=url, timeout=seconds + 60, limits=limits) as c:
+        async with session(url, n + 5, seconds + 60) as c:
             await asyncio.gather(*(upload(c) for _ in range(n)))
         stop.set()
         await probe
@@ -219,10 +248,8 @@ async def phase_uploads(url: str, clients: int, seconds: float):
 
 
 async def run(url: str, video: bytes, args: argparse.Namespace) -> None:
-    import httpx
-
     pid = ingress_pid()
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with session(url, 200, 120) as client:
         c0 = cpu_s(pid)
         await phase_status_and_sse(client, url, video, args.clients, args.poll_s, args.phase_s)
         c1 = cpu_s(pid)
@@ -234,7 +261,8 @@ async def run(url: str, video: bytes, args: argparse.Namespace) -> None:
         c3 = cpu_s(pid)
         print(f"ingress replica CPU s: phase 1 {c1 - c0:.1f}, phase 2 {c2 - c1:.1f}, phase 3 {c3 - c2:.1f}")
         for job_id in running:
-            await client.delete(f"/jobs/{job_id}")
+            async with client.delete(f"/jobs/{job_id}") as r:
+                await r.read()
 
 
 def main() -> None:

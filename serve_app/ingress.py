@@ -70,6 +70,7 @@ class Service:
         self.store: JobStore | None = None
         self.feed: EventFeed | None = None
         self.orchestrator: Orchestrator | None = None
+        self.arriving = 0  # submissions of this replica whose upload is still being read (see _admission)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -184,9 +185,6 @@ class Service:
     # -- routes --------------------------------------------------------------------------------------------
     async def submit(self, request: Request) -> Response:
         self.authorize(request.headers)
-        failed = [p.public for p in await self.workers.unavailable() if p.failed]
-        if failed:  # a job now would only wait for job_timeout_s
-            raise se.NotReady(f"the service cannot take jobs: {'; '.join(failed)}")
         key = request.headers.get("idempotency-key")
         if key is not None:
             if not IDEMPOTENCY_KEY_RE.match(key):
@@ -194,13 +192,10 @@ class Service:
             existing = await asyncio.to_thread(self.jobs.find_by_idempotency_key, key)
             if existing is not None:
                 return self._accepted(request, existing, replayed=True)
-        counts = await asyncio.to_thread(self.jobs.counts)
-        if counts[JobState.QUEUED.value] >= self.settings.max_queued_jobs:
-            raise se.Overloaded(
-                f"{counts['queued']} jobs are queued (limit {self.settings.max_queued_jobs}); retry later",
-                headers={"Retry-After": "30"},
-            )
-        await asyncio.to_thread(self.check_disk)
+        async with self._admission():
+            return await self._submit(request, key)
+
+    async def _submit(self, request: Request, key: str | None) -> Response:
         client = self.client_of(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         job_id = new_job_id()
@@ -226,6 +221,30 @@ class Service:
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
         self.runner.wake()
         return self._accepted(request, job, replayed=not created)
+
+    @contextlib.asynccontextmanager
+    async def _admission(self) -> AsyncIterator[None]:
+        """Refuse a new job before its upload is read: a worker deployment is down (503 not_ready; a job
+        would only wait for job_timeout_s), the queue is full counting the uploads still arriving here
+        (503 overloaded; 100 uploads at once against a limit of 20 get 80 quick answers, not 80 uploads read
+        and then refused), or the disk is nearly full (507). The limits are checked again in `_create`."""
+        failed = [p.public for p in await self.workers.unavailable() if p.failed]
+        if failed:
+            raise se.NotReady(f"the service cannot take jobs: {'; '.join(failed)}")
+        counts = await asyncio.to_thread(self.jobs.counts)
+        queued, limit = counts[JobState.QUEUED.value], self.settings.max_queued_jobs
+        if queued + self.arriving >= limit:
+            arriving = f" and {self.arriving} arriving" if self.arriving else ""
+            raise se.Overloaded(
+                f"{queued} jobs are queued{arriving} (limit {limit}); retry later",
+                headers={"Retry-After": "30"},
+            )
+        await asyncio.to_thread(self.check_disk)
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
     async def _create(self, params: Any, **fields: Any) -> Any:
         """`JobStore.create` with the queue limits checked inside its transaction, mapped to 503 / 429."""
@@ -329,16 +348,10 @@ class Service:
         from serve_app.compare_jobs import stage_request
 
         self.authorize(request.headers)
-        failed = [p.public for p in await self.workers.unavailable() if p.failed]
-        if failed:
-            raise se.NotReady(f"the service cannot take jobs: {'; '.join(failed)}")
-        counts = await asyncio.to_thread(self.jobs.counts)
-        if counts[JobState.QUEUED.value] >= self.settings.max_queued_jobs:
-            raise se.Overloaded(
-                f"{counts['queued']} jobs are queued (limit {self.settings.max_queued_jobs}); retry later",
-                headers={"Retry-After": "30"},
-            )
-        await asyncio.to_thread(self.check_disk)
+        async with self._admission():
+            return await self._compare(request, stage_request)
+
+    async def _compare(self, request: Request, stage_request: Any) -> Response:
         job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
         try:

@@ -85,3 +85,63 @@ def million_zip(tmp_path):
     from tests.hostile.media import make_zip64_claiming
 
     return make_zip64_claiming(tmp_path / "million.zip", 1_000_000)
+
+
+def test_uploads_still_arriving_count_against_the_queue_limit(tiny_model, remover, settings):
+    """With max_queued_jobs 2 and two uploads still streaming in, a third submission gets its 503 at once,
+    before its body is read; once those uploads are done (here: cut off), submissions are taken again."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from serve_app.ingress import build_app
+    from serve_app.orchestrator import LocalWorkers
+    from tests.conftest import free_port
+
+    port = free_port()
+    app = build_app(settings.merged({"max_queued_jobs": 2}), LocalWorkers(tiny_model, remover))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        head = (
+            f"POST /reconstruct HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Content-Type: multipart/form-data; boundary=bnd\r\nContent-Length: 1000000\r\n\r\n"
+            '--bnd\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n\r\n'
+        ).encode()
+        drips = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        for sock in drips:
+            sock.sendall(head + b"x" * 1024)  # and then nothing more for now: the upload is still arriving
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while True:
+                t0 = time.perf_counter()
+                response = client.post(
+                    "/reconstruct", files={"video": ("v.mp4", b"y" * 1_500_000, "video/mp4")}
+                )
+                if response.status_code == 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)  # the drips' requests may not have reached the handler yet
+            error = assert_error(response, 503, "overloaded")
+            assert "2 arriving" in error["message"] and response.headers["retry-after"]
+            assert time.perf_counter() - t0 < 2.0
+            for sock in drips:
+                sock.close()
+            deadline = time.monotonic() + 10
+            while client.get("/healthz").status_code == 200 and server.started:
+                response = client.post(
+                    "/reconstruct", files={"video": ("v.mp4", b"not a video", "video/mp4")}
+                )
+                if response.status_code != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert response.status_code != 503, response.text  # counted out again once the uploads ended
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
