@@ -78,13 +78,16 @@ class ServeWorkers:
     def __init__(self, preprocess: Any, reconstruct: Any, export: Any) -> None:
         self._preprocess, self._reconstruct, self._export = preprocess, reconstruct, export
         self._problems: tuple[float, list[DeploymentProblem]] = (-STATUS_TTL_S, [])
+        self._refresh = asyncio.Lock()
 
     async def unavailable(self) -> list[DeploymentProblem]:
-        """Worker deployments that are not running now, from Serve's status (read at most every 2 s)."""
-        at, problems = self._problems
-        if time.monotonic() - at >= STATUS_TTL_S:
-            problems = await asyncio.to_thread(_serve_problems)
-            self._problems = (time.monotonic(), problems)
+        """Worker deployments that are not running now, from Serve's status (read at most every 2 s, by one
+        caller: a burst of submissions waits for one controller call instead of each making its own)."""
+        async with self._refresh:
+            at, problems = self._problems
+            if time.monotonic() - at >= STATUS_TTL_S:
+                problems = await asyncio.to_thread(_serve_problems)
+                self._problems = (time.monotonic(), problems)
         return problems
 
     async def compare(
