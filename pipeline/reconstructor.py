@@ -80,12 +80,14 @@ class Reconstructor:
             keep = [k for k, i in enumerate(live) if not skip(i)]
             if not keep:
                 return out
-            with self._on_device():
+            with self._on_device():  # a frame cancelled meanwhile stops refining at the next round
                 volumes = self.model.extract_volumes(
-                    [codes[k] for k in keep], [int(resolutions[live[k]]) for k in keep]
-                )
-            surfaces = list(self._pool.map(lambda v: v.surface(), volumes))
-            kept = [j for j, k in enumerate(keep) if not skip(live[k])]
+                    [codes[k] for k in keep], [int(resolutions[live[k]]) for k in keep],
+                    skip=lambda j: skip(live[keep[j]]),
+                )  # fmt: skip
+            alive = [j for j, k in enumerate(keep) if not skip(live[k])]
+            surfaces = dict(zip(alive, self._pool.map(lambda j: volumes[j].surface(), alive), strict=True))
+            kept = [j for j in alive if not skip(live[keep[j]])]
             if not kept:
                 return out
             with self._on_device():

@@ -8,7 +8,7 @@ meshes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -211,6 +211,7 @@ class TripoSR(nn.Module):
         threshold: float = 25.0,
         *,
         method: Literal["adaptive", "dense"] = "adaptive",
+        skip: Callable[[int], bool] | None = None,
     ) -> list[mesh_ops.Volume]:
         """The device part of mesh extraction for several scene codes (3, C, H, W), each at its resolution:
         their adaptive refinements run in lockstep and every round's density queries of all codes go through
@@ -218,6 +219,10 @@ class TripoSR(nn.Module):
 
         Frames are taken in groups of at most LOCKSTEP_SAMPLES grid samples in all, which bounds the host
         memory of the per-frame sample arrays (4 bytes per sample).
+
+        `skip(i)`, asked every round: once true, code i's remaining queries are answered with an empty field
+        without the device (its request was cancelled), so its refinement ends at once and the others go on;
+        its volume is meaningless and must not be meshed.
         """
         if len(scene_codes) != len(resolutions):
             raise ValueError(f"{len(scene_codes)} scene codes for {len(resolutions)} resolutions")
@@ -235,13 +240,23 @@ class TripoSR(nn.Module):
         for group in _lockstep_groups([int(r) for r in resolutions]):
 
             def evaluate(requests: list[tuple[int, np.ndarray]], group=group) -> list[np.ndarray]:
+                out: list[np.ndarray | None] = [None] * len(requests)
+                live = []
+                for n, (pos, flat) in enumerate(requests):
+                    if skip is not None and skip(group[pos]):
+                        out[n] = np.zeros(len(flat), np.float32)  # below any threshold: nothing to refine
+                    else:
+                        live.append(n)
+                frames = [group[requests[n][0]] for n in live]
                 pts = [
-                    mesh_ops.grid_points(flat, resolutions[group[pos]], radius, self.device)
-                    for pos, flat in requests
+                    mesh_ops.grid_points(requests[n][1], resolutions[i], radius, self.device)
+                    for n, i in zip(live, frames, strict=True)
                 ]
-                outs = self._decode_many([codes[group[pos]] for pos, _ in requests], pts)
+                outs = self._decode_many([codes[i] for i in frames], pts) if live else []
                 bias = self.triplane_query.density_bias
-                return [torch.exp(o[:, 0] + bias).float().cpu().numpy() for o in outs]
+                for n, o in zip(live, outs, strict=True):
+                    out[n] = torch.exp(o[:, 0] + bias).float().cpu().numpy()
+                return out
 
             volumes += mesh_ops.run_plans([plan(int(resolutions[i])) for i in group], evaluate)
         return volumes

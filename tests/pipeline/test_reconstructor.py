@@ -70,3 +70,40 @@ def test_a_cpu_model_does_not_overlap_by_default(model):
     recon = Reconstructor(model, cpu_workers=1)
     assert recon.overlap is False
     recon.close()
+
+
+def test_a_frame_cancelled_during_refinement_stops_there_and_its_batch_mate_is_unchanged(model, frames):
+    """Cancelling while the batch's density queries run: from the next refinement round on, the cancelled
+    frame's queries never reach the decoder (the replica is free within a round, not after the whole
+    batch), and the other frame's mesh is the one it gets alone."""
+    points: list[int] = []
+    real_decode = model._decode_many
+
+    def counting(codes, pts):  # the real decoder, with the points it is asked for counted
+        points.append(sum(len(p) for p in pts))
+        return real_decode(codes, pts)
+
+    def decoded(batch, skip=None) -> tuple[int, list]:
+        points.clear()
+        recon = Reconstructor(model, cpu_workers=2)
+        model._decode_many = counting
+        try:
+            out = recon.reconstruct(batch, [64] * len(batch), skip=skip)
+        finally:
+            del model._decode_many
+            recon.close()
+        return sum(points), out
+
+    both, _ = decoded(frames)
+    alone, (expected,) = decoded(frames[1:])
+    asked = {0: 0}
+
+    def cancel_after_first_round(i: int) -> bool:  # frame 0's request is cancelled after one round
+        if i == 0:
+            asked[0] += 1
+        return i == 0 and asked[0] > 3  # the checks before and after encode, then its first round
+
+    cancelled, out = decoded(frames, cancel_after_first_round)
+    assert out[0] is None
+    _same(out[1], expected)
+    assert alone < cancelled < alone + (both - alone) / 2, (alone, cancelled, both)
