@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.spatial import cKDTree
 
 import triposr
 from pipeline.reconstructor import Reconstructor
@@ -29,13 +30,21 @@ def model():
 
 
 def _same(m1, m2) -> None:
-    np.testing.assert_array_equal(m1.vertices, m2.vertices)
-    np.testing.assert_array_equal(m1.faces, m2.faces)
-    np.testing.assert_array_equal(m1.visual.vertex_colors, m2.visual.vertex_colors)
+    """The same surface up to float rounding: BLAS does not promise bitwise-equal results when a frame sits at
+    another row of a batch or the CPU differs (CI saw 7.5e-6 on 37 of 10254 coordinates), so compare surfaces,
+    with a tolerance a hundred times below the grid step; frames mixed up across batches miss it by far."""
+    assert abs(len(m1.faces) - len(m2.faces)) <= 0.01 * len(m2.faces), (len(m1.faces), len(m2.faces))
+    d12, n12 = cKDTree(m2.vertices).query(m1.vertices)
+    d21, _ = cKDTree(m1.vertices).query(m2.vertices)
+    assert max(d12.max(), d21.max()) < 1e-3, max(d12.max(), d21.max())
+    colours = np.abs(m1.visual.vertex_colors.astype(int) - m2.visual.vertex_colors[n12].astype(int))
+    assert colours.max() <= 2, colours.max()
 
 
 def test_concurrent_batches_give_the_sequential_meshes(model, frames):
     expected = reconstruct_frames(model, frames, [48, 40])
+    with pytest.raises(AssertionError):  # the comparison tells the two frames apart
+        _same(reconstruct_frames(model, frames[:1], [40])[0], expected[1])
     recon = Reconstructor(model, cpu_workers=2, overlap=True)
     results: dict[int, list] = {}
 
