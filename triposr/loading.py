@@ -24,6 +24,7 @@ import torch
 
 from .config import DINO_VITB16, TripoSRConfig, ViTConfig, resolve_yaml
 from .errors import ConfigError, ModelNotFoundError
+from .host_memory import keep_freed_memory
 from .model import DEFAULT_CHUNK_SIZE, TripoSR
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ def load_model(
     chunk_size: points per decoder call in `query` / `extract_mesh` (memory bound; 0 = everything at once).
     Raises ModelNotFoundError (files missing, unreadable or not matching the config) or ConfigError.
     """
+    if pick_device(device).type == "cpu":
+        keep_freed_memory()  # before the weights are read: activations and weights share the heap's rules
     folder, repo_id = _locate(source)
     config = read_config(folder, repo_id)
     state = read_state_dict(folder / WEIGHTS_NAME)
