@@ -5,10 +5,10 @@
 
 Both paths run the same stage functions (pipeline/runner.py) on the same generated ring video with the same
 parameters (default: 1 frame, mc_resolution 128): preprocess (u2netp) -> encode + marching cubes -> fuse ->
-export. The in-process path runs first, in this process, before the service starts, so an idle Ray does not
-steal its CPU; then `triposr-serve start` is launched as a subprocess with its own sizing for this machine
-(the CPU shares and torch threads a user gets), the job is submitted over HTTP, waited for and downloaded.
-Prints median seconds of each and `http/in_process`. Not a test.
+export. The in-process path runs in this process before the service starts and again after it stopped (an
+idle Ray does not steal its CPU, and the machine's drift is seen); in between, `triposr-serve start` runs as a
+subprocess with its own sizing for this machine (the CPU shares and torch threads a user gets), and the job is
+submitted over HTTP, followed and downloaded. Prints median seconds of each and `http/in_process`. Not a test.
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ def over_http(video: Path, params, settings, repeats: int, warmup: int) -> list[
                 raise RuntimeError("service not ready in 600 s")
             time.sleep(0.5)
         times = []
+        cpu: dict[str, float] = {}
         with httpx.Client(base_url=base, timeout=600) as client:
             for i in range(warmup + repeats):
+                before = cpu_by_process(service.pid)
                 t0 = time.perf_counter()
                 with video.open("rb") as f:
                     response = client.post(
@@ -114,12 +116,44 @@ def over_http(video: Path, params, settings, repeats: int, warmup: int) -> list[
                       f"{_stages({'timings': doc['timings']})}")  # fmt: skip
                 if i >= warmup:
                     times.append(elapsed)
+                    for pid, (name, secs) in cpu_by_process(service.pid).items():
+                        name = name.split(".")[0]  # an actor's title names the method it runs now
+                        cpu[name] = cpu.get(name, 0.0) + secs - before.get(pid, (name, 0.0))[1]
+        total = sum(times)
+        print("  service CPU per second of HTTP job, by process (the Reconstruct replica is the forward):")
+        for name, secs in sorted(cpu.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"    {secs / total:6.3f}  {name}")
+        print(f"    {sum(cpu.values()) / total:6.3f}  all")
         return times
     finally:
         import signal
 
         service.send_signal(signal.SIGINT)
         service.wait(timeout=60)
+
+
+def cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
+    """Title and CPU seconds so far of every process under `root` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+            children.setdefault(int(rest.rsplit(") ", 1)[1].split()[1]), []).append(int(pid))
+        except (OSError, ValueError, IndexError):
+            continue
+    out: dict[int, tuple[str, float]] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        ticks = int(fields[11]) + int(fields[12])
+        out[pid] = (title.rsplit("/", 1)[-1][:60], ticks / os.sysconf("SC_CLK_TCK"))
+    return out
 
 
 def _form(params) -> dict[str, str]:
@@ -173,10 +207,16 @@ def main() -> None:
             f"device: CPU ({os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads); "
             f"model {args.model_source}; {args.frames} frames, mc_resolution {args.mc_resolution}"
         )
-        local = in_process(video, tmp_path, params, settings, args.repeats, args.warmup)
+        # In-process before and after the service (A-B-A): this machine's speed drifts by 10 % over minutes,
+        # and one in-process block before would charge that drift to the service.
+        before = in_process(video, tmp_path, params, settings, args.repeats, args.warmup)
         http = over_http(video, params, settings, args.repeats, args.warmup)
+        after = in_process(video, tmp_path, params, settings, args.repeats, args.warmup)
 
+    local = before + after
     med_local, med_http = statistics.median(local), statistics.median(http)
+    print(f"in-process medians before / after the service: {statistics.median(before):.2f} / "
+          f"{statistics.median(after):.2f} s")  # fmt: skip
     print(f"in-process median: {med_local * 1000:.0f} ms  ({', '.join(f'{t:.2f}' for t in local)} s)")
     print(f"http       median: {med_http * 1000:.0f} ms  ({', '.join(f'{t:.2f}' for t in http)} s)")
     print(
