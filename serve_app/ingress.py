@@ -76,6 +76,7 @@ class Service:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.store = await asyncio.to_thread(JobStore, self.settings.db_path)
         self.feed = EventFeed(self.store.events_since, EVENT_POLL_S)
+        self.store.add_listener(self.feed.notify)
         self.orchestrator = Orchestrator(self.store, self.settings, self.workers, self.metrics)
         await self.orchestrator.start()
         sweeper = asyncio.create_task(self._sweep_orphan_uploads())
@@ -445,6 +446,7 @@ class Service:
         feed.opened(job_id)
         try:
             while True:
+                changed = feed.changed(job_id)
                 events = await feed.since(job_id, after)
                 for event in events:
                     after = event["seq"]
@@ -456,7 +458,7 @@ class Service:
                 elif time.monotonic() - quiet_since > KEEPALIVE_S:
                     quiet_since = time.monotonic()
                     yield None
-                await asyncio.sleep(EVENT_POLL_S)
+                await feed.wait(changed)
         finally:
             feed.closed(job_id)
 

@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -281,7 +281,13 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._listeners: list[Callable[[str], None]] = []
         self._migrate()
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """`listener(job_id)` after every commit of this process that added events of that job (from the
+        writing thread): readers in this process learn at once, other processes' writes are polled."""
+        self._listeners.append(listener)
 
     # -- connection plumbing -------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -304,6 +310,7 @@ class JobStore:
         with self._errors():
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
+            self._local.touched = set()
             try:
                 yield conn
             except BaseException:
@@ -311,6 +318,12 @@ class JobStore:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        for job_id in self._local.touched:
+            for listener in self._listeners:
+                try:
+                    listener(job_id)
+                except Exception:  # a reader's trouble never fails the write that already committed
+                    logger.exception("job store listener failed for job %s", job_id)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -659,8 +672,8 @@ class JobStore:
         assignments = ", ".join(f"{k} = ?" for k in values)
         conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
 
-    @staticmethod
     def _event(
+        self,
         conn: sqlite3.Connection,
         job_id: str,
         state: JobState,
@@ -675,3 +688,4 @@ class JobStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (job_id, kind, state.value, stage, progress, message, now),
         )
+        self._local.touched.add(job_id)
