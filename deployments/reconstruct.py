@@ -32,6 +32,7 @@ from deployments.metrics import batch_size_histogram
 from deployments.options import ReconstructOptions
 from pipeline.meshcodec import MeshArrays, encode_mesh
 from pipeline.reconstructor import Reconstructor
+from triposr.host_memory import MALLOC_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 1, "num_gpus": 0.5},
+    # the model's host memory kept for reuse from the process's start (see triposr/host_memory.py)
+    ray_actor_options={"num_cpus": 1, "num_gpus": 0.5, "runtime_env": {"env_vars": MALLOC_ENV}},
     max_ongoing_requests=32,  # >= max_batch_size * max_concurrent_batches, so a full batch can form
     user_config=DEFAULT_BATCH,
     health_check_period_s=30,

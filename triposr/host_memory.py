@@ -16,10 +16,20 @@ import logging
 
 logger = logging.getLogger(__name__)
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 MMAP_THRESHOLD = 32 << 20  # glibc refuses more (HEAP_MAX_SIZE / 2 on 64-bit)
 TOP_PAD = 256 << 20
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: 2 GiB, in effect never
+ARENA_MAX = 1  # threads' own arenas give memory back anyway (a forward on a worker thread faulted 460k pages)
+
+# The same, for a process started to run the model (a Ray replica's runtime_env): glibc reads these at
+# start-up, before any thread has made an arena of its own, which mallopt can no longer undo.
+MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": str(ARENA_MAX),
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    "MALLOC_TOP_PAD_": str(TOP_PAD),
+    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+}
 
 
 def keep_freed_memory() -> bool:
@@ -37,6 +47,7 @@ def keep_freed_memory() -> bool:
             (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
             (_M_TOP_PAD, TOP_PAD),
             (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (_M_ARENA_MAX, ARENA_MAX),
         )
     )
     logger.debug("host allocator keeps freed memory: %s", ok)
