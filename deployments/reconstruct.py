@@ -91,12 +91,9 @@ class Reconstruct:
     async def single(self, job_id: str, frame: np.ndarray, mc_resolution: int) -> MeshArrays:
         """The same work without batching (retries after a lost call run a frame on its own)."""
         logger.info("single-frame retry job_id=%s", job_id)
-        stop = threading.Event()
-        try:
-            (out,) = await asyncio.to_thread(self._run, [job_id], [frame], [mc_resolution], [stop])
-        except asyncio.CancelledError:
-            stop.set()
-            raise
+        (out,) = await await_stoppable(
+            lambda stop: asyncio.to_thread(self._run, [job_id], [frame], [mc_resolution], [stop])
+        )
         return out
 
     @serve.batch(

@@ -1,13 +1,12 @@
 """A real local Serve app (tiny TripoSR, u2netp) for the hostile-client tests, shared by the package.
 
-Deployed like tests/serve/test_e2e.py (`serve_app:app` with typed args) with a token, small limits and an
+Deployed like tests/serve/test_e2e.py (tests/serveapp.py) with a token, small limits and an
 output root for the planted `.part` symlink test; `replica_pids()` (tests/hostile/replicas.py) shows that no
 replica restarted.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import httpx
 import pytest
 
 from tests.hostile.replicas import replica_pids  # noqa: F401  (re-exported for the tests)
+from tests.serveapp import deploy_app
 
 APP = "triposr"
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hostile-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -31,32 +30,7 @@ class Live:
 
 
 def deploy(args: dict) -> str:
-    from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    config = ServeDeploySchema.model_validate(
-        {
-            "applications": [
-                {
-                    "name": APP,
-                    "route_prefix": "/",
-                    "import_path": "serve_app:app",
-                    "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
-                    "args": args,
-                    "deployments": [{"name": "Ingress", "max_queued_requests": 50}],
-                }
-            ]
-        }
-    )
-    client = _get_global_client()
-    client.deploy_apps(config)
-    deadline = time.monotonic() + 300
-    while (status := serve.status().applications.get(APP)) is None or status.status != "RUNNING":
-        assert status is None or status.status not in ("DEPLOY_FAILED", "UNHEALTHY"), status
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
-    return f"http://127.0.0.1:{client.http_config.port}"
+    return deploy_app(APP, args, deployments=[{"name": "Ingress", "max_queued_requests": 50}])
 
 
 @pytest.fixture(scope="package")

@@ -18,11 +18,11 @@ import trimesh
 from serve_app.settings import Settings
 from tests.serve.conftest import assert_error
 from tests.serve.conftest import wait_terminal as _wait_terminal
+from tests.serveapp import deploy_app
 
 pytestmark = pytest.mark.ray
 
 APP = "triposr"
-ROOT = Path(__file__).resolve().parents[2]
 # Deployed the way `serve deploy serve_config.yaml` does (import path, typed args, per-deployment overrides):
 # only then can a user_config change be applied live, without restarting the replica. A long batch wait
 # (6 s; a full batch of 8 frames goes at once) lets frames of jobs preprocessed in parallel meet in one
@@ -34,32 +34,7 @@ DEPLOYMENTS = [
 
 
 def deploy(args: dict, deployments: list[dict] = DEPLOYMENTS) -> str:
-    from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    config = ServeDeploySchema.model_validate(
-        {
-            "applications": [
-                {
-                    "name": APP,
-                    "route_prefix": "/",
-                    "import_path": "serve_app:app",
-                    "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
-                    "args": args,
-                    "deployments": deployments,
-                }
-            ]
-        }
-    )
-    client = _get_global_client()
-    client.deploy_apps(config)
-    deadline = time.monotonic() + 300
-    while (status := serve.status().applications.get(APP)) is None or status.status != "RUNNING":
-        assert status is None or status.status not in ("DEPLOY_FAILED", "UNHEALTHY"), status
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
-    return f"http://127.0.0.1:{client.http_config.port}"
+    return deploy_app(APP, args, deployments=deployments)
 
 
 @pytest.fixture(scope="module")

@@ -7,57 +7,39 @@ offline, so every Reconstruct replica fails in its constructor with `ModelNotFou
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.serve.conftest import assert_error
+from tests.serveapp import deploy_app
 
 pytestmark = pytest.mark.ray
 
 APP = "broken"
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0}}
 
 
 @pytest.fixture(scope="module")
 def broken_service(ray_cluster, tmp_path_factory, rembg_dir):
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
     base = tmp_path_factory.mktemp("broken")
-    config = ServeDeploySchema.model_validate(
+    url = deploy_app(
+        APP,
         {
-            "applications": [
-                {
-                    "name": APP,
-                    "route_prefix": f"/{APP}",
-                    "import_path": "serve_app:app",
-                    "runtime_env": {
-                        "env_vars": {
-                            "PYTHONPATH": str(ROOT),
-                            "HF_HUB_OFFLINE": "1",
-                            "HF_HOME": str(base / "hf"),
-                        }
-                    },
-                    "args": {
-                        "data_dir": str(base / "data"),
-                        "model_source": "no-such-org/no-such-model",
-                        "model_device": "cpu",
-                        "rembg_model": "u2netp",
-                        "rembg_dir": str(rembg_dir),
-                    },
-                    "deployments": [{"name": n, **SMALL} for n in ("Ingress", "Preprocess", "Export")]
-                    + [{"name": "Reconstruct", **SMALL}],
-                }
-            ]
-        }
+            "data_dir": str(base / "data"),
+            "model_source": "no-such-org/no-such-model",
+            "model_device": "cpu",
+            "rembg_model": "u2netp",
+            "rembg_dir": str(rembg_dir),
+        },
+        deployments=[{"name": n, **SMALL} for n in ("Ingress", "Preprocess", "Export", "Reconstruct")],
+        route_prefix=f"/{APP}",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(base / "hf")},
+        wait_s=None,  # it never runs: Reconstruct cannot start
     )
-    client = _get_global_client()
-    client.deploy_apps(config)
-    with httpx.Client(base_url=f"http://127.0.0.1:{client.http_config.port}/{APP}", timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=30) as http:
         yield http
     serve.delete(APP)
 
