@@ -157,8 +157,13 @@ def test_jobs_survive_killed_replicas_of_every_deployment_and_the_ingress(cluste
     with httpx.Client(base_url=cluster.url, timeout=30) as client:
         thread = threading.Thread(target=killer, args=(client, ids), daemon=True)
         thread.start()
-        for i in range(12):
-            ids.append(submit(client, f"ring{i}.mp4", data, "video/mp4"))
+        # 12 jobs, then more while the killer is still at work (a fast service would otherwise finish them all
+        # before every deployment was hit): at most 3 unfinished at a time, 40 in all, 300 s.
+        deadline = time.monotonic() + 300
+        while len(ids) < 12 or (thread.is_alive() and len(ids) < 40 and time.monotonic() < deadline):
+            docs = [status(client, j) for j in ids] if len(ids) >= 12 else []
+            if len(ids) < 12 or sum(1 for d in docs if not d or d["state"] not in TERMINAL) < 3:
+                ids.append(submit(client, f"ring{len(ids)}.mp4", data, "video/mp4"))
             time.sleep(1.0)
         try:
             docs = wait_all(client, ids, timeout_s=600)
@@ -167,10 +172,10 @@ def test_jobs_survive_killed_replicas_of_every_deployment_and_the_ingress(cluste
             thread.join(timeout=120)
     assert {"Preprocess", "Reconstruct", "Export", "Ingress"} <= set(killed), killed
     states = [d["state"] for d in docs.values()]
-    assert states == ["succeeded"] * 12, [(d["state"], d["error"]) for d in docs.values()]
+    assert states == ["succeeded"] * len(ids), [(d["state"], d["error"]) for d in docs.values()]
     writes = [result_writes(cluster.data_dir, job_id) for job_id in ids]
-    assert writes == [1] * 12, writes
+    assert writes == [1] * len(ids), writes
     runs = sum(d["attempts"] for d in docs.values())
     retries = sum(sum(d["report"]["retries"].values()) for d in docs.values())
-    print(f"chaos: killed {killed}; 12/12 succeeded, {runs} runs, {retries} stage retries")
-    assert runs >= 12
+    print(f"chaos: killed {killed}; {len(ids)}/{len(ids)} succeeded, {runs} runs, {retries} stage retries")
+    assert runs >= len(ids)
