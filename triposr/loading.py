@@ -84,7 +84,8 @@ def load_model(
     chunk_size: points per decoder call in `query` / `extract_mesh` (memory bound; 0 = everything at once).
     Raises ModelNotFoundError (files missing, unreadable or not matching the config) or ConfigError.
     """
-    if pick_device(device).type == "cpu":
+    target = pick_device(device)
+    if target.type == "cpu":
         keep_freed_memory()  # before the weights are read: activations and weights share the heap's rules
     folder, repo_id = _locate(source)
     config = read_config(folder, repo_id)
@@ -94,7 +95,6 @@ def load_model(
     _check_keys(model, state, folder / WEIGHTS_NAME)
     model.load_state_dict(state, strict=True, assign=True)
     model.eval().requires_grad_(False)
-    target = pick_device(device)
     model.to(target)
     if half:
         if target.type == "cuda":
