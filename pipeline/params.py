@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -58,7 +58,7 @@ class JobParams:
         for name, raw in data.items():
             if raw is None or raw == "":
                 continue
-            values[name] = _PARSERS[name](name, raw)
+            values[name] = _SPECS[name].parse(name, raw)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +66,17 @@ class JobParams:
         out["merge"] = self.merge.value
         out["format"] = self.format.value
         return out
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One parameter's parser and what GET /params says of it, kept side by side so they cannot drift."""
+
+    parse: Callable[[str, Any], Any]
+    kind: str  # "integer", "number", "boolean" or "choice"
+    help: str
+    range: tuple[float, float] | None = None
+    choices: type[Enum] | None = None
 
 
 def _int_in(lo: int, hi: int):
@@ -125,50 +136,46 @@ def _enum(enum_cls: type[Enum]):
     return parse
 
 
-_PARSERS = {
-    "num_frames": _int_in(*NUM_FRAMES_RANGE),
-    "mc_resolution": _int_in(*MC_RESOLUTION_RANGE),
-    "foreground_ratio": _float_in(*FOREGROUND_RATIO_RANGE),
-    "remove_background": _bool,
-    "merge": _enum(MergeStrategy),
-    "format": _enum(MeshFormat),
-    "object_size_m": _float_in(*OBJECT_SIZE_M_RANGE),
-    "target_faces": _int_in(*TARGET_FACES_RANGE),
-    "strict": _bool,
-}
+def _integer(lo: int, hi: int, help: str) -> _Spec:
+    return _Spec(_int_in(lo, hi), "integer", help, range=(lo, hi))
 
 
-# What each parameter means, for people choosing them (the API's GET /params and the web page show these).
-PARAM_HELP = {
-    "num_frames": "frames picked from a video (for photos: at most this many are used)",
-    "mc_resolution": "marching-cubes grid per axis: finer meshes, slower jobs",
-    "foreground_ratio": "the object's share of each framed square",
-    "remove_background": "cut the object out with rembg (off: the photo is used as framed)",
-    "merge": "fused: align and fuse all frames; best: the best frame alone; all: one node per frame",
-    "format": "file format of the result",
-    "object_size_m": "scale the result so its largest dimension is this many metres (0.72 for an F1 tyre)",
-    "target_faces": "decimate the result to about this many faces",
-    "strict": "refuse input whose frames all fail the framing checks (off: use the best one, with a warning)",
-}
+def _number(lo: float, hi: float, help: str) -> _Spec:
+    return _Spec(_float_in(lo, hi), "number", help, range=(lo, hi))
 
-_RANGES: dict[str, tuple[float, float]] = {
-    "num_frames": NUM_FRAMES_RANGE,
-    "mc_resolution": MC_RESOLUTION_RANGE,
-    "foreground_ratio": FOREGROUND_RATIO_RANGE,
-    "object_size_m": OBJECT_SIZE_M_RANGE,
-    "target_faces": TARGET_FACES_RANGE,
-}
-_CHOICES: dict[str, type[Enum]] = {"merge": MergeStrategy, "format": MeshFormat}
-_KINDS = {
-    "num_frames": "integer",
-    "mc_resolution": "integer",
-    "foreground_ratio": "number",
-    "remove_background": "boolean",
-    "merge": "choice",
-    "format": "choice",
-    "object_size_m": "number",
-    "target_faces": "integer",
-    "strict": "boolean",
+
+def _choice(enum_cls: type[Enum], help: str) -> _Spec:
+    return _Spec(_enum(enum_cls), "choice", help, choices=enum_cls)
+
+
+# Every job parameter: how it is parsed, and what it means for people choosing it (the API's GET /params and
+# the web page show these).
+_SPECS: dict[str, _Spec] = {
+    "num_frames": _integer(
+        *NUM_FRAMES_RANGE, "frames picked from a video (for photos: at most this many are used)"
+    ),
+    "mc_resolution": _integer(
+        *MC_RESOLUTION_RANGE, "marching-cubes grid per axis: finer meshes, slower jobs"
+    ),
+    "foreground_ratio": _number(*FOREGROUND_RATIO_RANGE, "the object's share of each framed square"),
+    "remove_background": _Spec(
+        _bool, "boolean", "cut the object out with rembg (off: the photo is used as framed)"
+    ),
+    "merge": _choice(
+        MergeStrategy,
+        "fused: align and fuse all frames; best: the best frame alone; all: one node per frame",
+    ),
+    "format": _choice(MeshFormat, "file format of the result"),
+    "object_size_m": _number(
+        *OBJECT_SIZE_M_RANGE,
+        "scale the result so its largest dimension is this many metres (0.72 for an F1 tyre)",
+    ),
+    "target_faces": _integer(*TARGET_FACES_RANGE, "decimate the result to about this many faces"),
+    "strict": _Spec(
+        _bool,
+        "boolean",
+        "refuse input whose frames all fail the framing checks (off: use the best one, with a warning)",
+    ),
 }
 
 
@@ -181,17 +188,18 @@ def describe_params(defaults: JobParams) -> list[dict[str, Any]]:
     values = defaults.to_dict()
     out: list[dict[str, Any]] = []
     for f in dataclasses.fields(JobParams):
-        lo, hi = _RANGES.get(f.name, (None, None))
+        spec = _SPECS[f.name]
+        lo, hi = spec.range or (None, None)
         out.append(
             {
                 "name": f.name,
-                "type": _KINDS[f.name],
+                "type": spec.kind,
                 "default": values[f.name],
                 "min": lo,
                 "max": hi,
-                "choices": [m.value for m in _CHOICES[f.name]] if f.name in _CHOICES else None,
+                "choices": [m.value for m in spec.choices] if spec.choices else None,
                 "optional": f.default is None,
-                "help": PARAM_HELP[f.name],
+                "help": spec.help,
             }
         )
     return out
@@ -225,7 +233,7 @@ class CompareParams:
                     raise InvalidParameter(name, f"expected a job id, got {raw!r}")
                 values[name] = raw
             elif name == "object_size_m":
-                values[name] = _PARSERS["object_size_m"](name, raw)
+                values[name] = _SPECS["object_size_m"].parse(name, raw)
             else:
                 values[name] = _float_in(*THRESHOLD_MM_RANGE)(name, raw)
         return cls(**values)
