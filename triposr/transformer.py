@@ -4,16 +4,19 @@ the one configuration TripoSR uses: pre-LayerNorm blocks of self-attention, cros
 tokens and a GEGLU feed-forward.
 
 Attention runs through `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels
-where the device has them), never through an explicit (T x T) score matrix. Module names (`attn1.to_q`,
+where the device has them), never through an explicit (T x T) score matrix; on x86 CPUs the products and
+attention go through oneDNN (`cpu_matmul`). Module names (`attn1.to_q`,
 `to_out.0`, `ff.net.0.proj`, `ff.net.2`) match the official checkpoint. Dropout is omitted: inference only,
-and residual additions and the GEGLU run in place on the activations (no autograd through them).
+and residual additions run in place on the activations (no autograd through them).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from . import cpu_matmul
+from .cpu_matmul import Linear
 
 
 class Attention(nn.Module):
@@ -26,10 +29,10 @@ class Attention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=bias)
-        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])  # upstream's to_out.1 is a Dropout
+        self.to_q = Linear(query_dim, inner, bias=bias)
+        self.to_k = Linear(context_dim or query_dim, inner, bias=bias)
+        self.to_v = Linear(context_dim or query_dim, inner, bias=bias)
+        self.to_out = nn.ModuleList([Linear(inner, query_dim)])  # upstream's to_out.1 is a Dropout
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -39,24 +42,27 @@ class Attention(nn.Module):
             return t.view(batch, t.shape[1], self.heads, -1).transpose(1, 2)  # (B, h, T, d)
 
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
-        out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d) as upstream, (B, h, Tq, d)
+        out = cpu_matmul.attention(q, k, v)  # scale 1/sqrt(d) as upstream, (B, h, Tq, d)
         out = out.transpose(1, 2).reshape(batch, x.shape[1], -1)  # (B, Tq, h*d)
         return self.to_out[0](out)
 
 
 class GEGLU(nn.Module):
-    """Linear to 2*inner, split into (a, g) halves along the last axis, return a * GELU(g) (exact GELU)."""
+    """Linear to 2*inner, split into (a, g) halves along the last axis, return a * GELU(g) (exact GELU).
+
+    Run as two products over the halves of the weight (row slices, no copy): GELU(g) in the first one's
+    epilogue, the multiplication in the second's, so the (B, T, 2*inner) product is never materialised.
+    """
 
     def __init__(self, dim: int, inner: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, gate = self.proj(x).chunk(2, dim=-1)  # views of one (B, T, 2*inner) product
-        # in place on the product: the same numbers as a * F.gelu(gate) without two (B, T, inner) temporaries
-        # (100 MB per layer at full size, written to fresh pages every call)
-        torch.ops.aten.gelu_(gate)
-        return a.mul_(gate)  # (B, T, inner), row stride 2*inner: the next Linear reads it without a copy
+        weight, bias = self.proj.weight, self.proj.bias
+        inner = weight.shape[0] // 2
+        gate = cpu_matmul.linear(x, weight[inner:], bias[inner:], gelu=True)  # (B, T, inner)
+        return cpu_matmul.linear_mul(x, weight[:inner], bias[:inner], gate)  # a * GELU(g), (B, T, inner)
 
 
 class FeedForward(nn.Module):
@@ -64,7 +70,7 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = dim * mult
         # indices 0 and 2 as in the checkpoint (`ff.net.0.proj`, `ff.net.2`); upstream's index 1 is a Dropout
-        self.net = nn.ModuleList([GEGLU(dim, inner), nn.Identity(), nn.Linear(inner, dim)])
+        self.net = nn.ModuleList([GEGLU(dim, inner), nn.Identity(), Linear(inner, dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for module in self.net:
@@ -122,14 +128,14 @@ class Transformer1D(nn.Module):
         inner = num_attention_heads * attention_head_dim
         out_channels = in_channels if out_channels is None else out_channels
         self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6, affine=True)
-        self.proj_in = nn.Linear(in_channels, inner)
+        self.proj_in = Linear(in_channels, inner)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(
                 inner, num_attention_heads, attention_head_dim, cross_attention_dim, attention_bias
             )
             for _ in range(num_layers)
         )
-        self.proj_out = nn.Linear(inner, out_channels)
+        self.proj_out = Linear(inner, out_channels)
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.finish(self.prefix(tokens), tokens, context)

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_matmul
+from .cpu_matmul import Linear
+
 # ImageNet statistics used by upstream's DINOSingleImageTokenizer before the ViT
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -103,9 +106,9 @@ class SelfAttentionProjections(nn.Module):
 
     def __init__(self, hidden_size: int, qkv_bias: bool) -> None:
         super().__init__()
-        self.query = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
-        self.key = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
-        self.value = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.query = Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.key = Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.value = Linear(hidden_size, hidden_size, bias=qkv_bias)
 
 
 class DenseOutput(nn.Module):
@@ -113,7 +116,7 @@ class DenseOutput(nn.Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(in_features, out_features)
+        self.dense = Linear(in_features, out_features)
 
 
 class Attention(nn.Module):
@@ -136,7 +139,7 @@ class Attention(nn.Module):
 
         proj = self.attention
         q, k, v = split(proj.query(x)), split(proj.key(x)), split(proj.value(x))
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, (B, h, T, d)
+        out = cpu_matmul.attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, (B, h, T, d)
         out = out.transpose(1, 2).reshape(batch, length, dim)  # (B, T, D)
         return self.output.dense(out)
 
@@ -157,8 +160,8 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Updates `x` in place (inference only) and returns it."""
         x = x.add_(self.attention(self.layernorm_before(x)))
-        h = self.intermediate.dense(self.layernorm_after(x))
-        torch.ops.aten.gelu_(h)  # in place: same numbers as F.gelu, no second (B, T, 4D) buffer
+        dense = self.intermediate.dense
+        h = cpu_matmul.linear(self.layernorm_after(x), dense.weight, dense.bias, gelu=True)  # (B, T, 4D)
         return x.add_(self.output.dense(h))
 
 
