@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import platform
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,23 @@ def applies(*tensors: torch.Tensor) -> bool:
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32 or (grad and t.requires_grad):
             return False
-    return onednn_available()
+    if not onednn_available():
+        return False
+    _share_thread_count()
+    return True
+
+
+_thread = threading.local()
+
+
+def _share_thread_count() -> None:
+    """Give this thread's OpenMP team torch's thread count. oneDNN asks OpenMP, whose count is per thread: a
+    thread that has run no torch parallel loop yet (a serving replica's worker thread) would otherwise run
+    the products on one core or on the OMP_NUM_THREADS Ray set."""
+    threads = torch.get_num_threads()
+    if getattr(_thread, "threads", None) != threads:
+        torch.set_num_threads(threads)  # the calling thread's OpenMP count, and torch's unchanged
+        _thread.threads = threads
 
 
 def linear(

@@ -3,7 +3,9 @@ really taken on x86 CPUs, and torch's own path wherever it does not apply."""
 
 from __future__ import annotations
 
+import ctypes
 import platform
+import threading
 
 import numpy as np
 import pytest
@@ -67,6 +69,35 @@ def test_attention_matches_sdpa_in_uneven_blocks(monkeypatch, batch, n, tq, tk):
         got = cpu_matmul.attention(q, k, v)
     assert got.shape == (batch, n, tq, 16)
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not X86, reason="the oneDNN path is for x86-64 CPUs")
+def test_a_new_thread_runs_the_products_on_torchs_thread_count():
+    """oneDNN takes its thread count from OpenMP, per calling thread: a fresh thread (a Serve replica's
+    executor) must use torch's count, not OMP_NUM_THREADS or OpenMP's default."""
+    try:
+        omp_max_threads = ctypes.CDLL(None).omp_get_max_threads
+    except AttributeError:
+        pytest.skip("torch is not linked with OpenMP here")
+    seen: list[tuple[int, int]] = []
+
+    def work() -> None:
+        first = omp_max_threads()
+        cpu_matmul.linear(randn(3, 8), randn(4, 8), None)
+        seen.append((first, omp_max_threads()))
+
+    before = torch.get_num_threads()
+    wanted = 3 if before != 3 else 2
+    torch.set_num_threads(wanted)
+    try:
+        with torch.inference_mode():
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+    finally:
+        torch.set_num_threads(before)
+    ((first, after),) = seen
+    assert after == wanted, f"OpenMP threads in a new thread: {first} before, {after} after the product"
 
 
 def test_autograd_and_other_dtypes_take_torchs_path():
