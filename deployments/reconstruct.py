@@ -70,9 +70,9 @@ class Reconstruct:
         self._batch_hist = batch_size_histogram()
         self._faults = faults.armed()  # test-only, see deployments/faults.py
         # Warm-up encode: first-call costs leave the request path, and its scene code feeds the health probe.
+        # On the reconstructor's model thread, like every model call (one OpenMP team: see its docstring).
         grey = np.full((64, 64, 3), 128, np.uint8)
-        with torch.inference_mode():
-            self._probe_code = self.model.encode([grey])[0]
+        self._probe_code = self._recon.on_device(self.model.encode, [grey])[0]
         logger.info("reconstruct replica ready: device=%s gpu_share=%.2f", self.model.device, gpu_share)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -151,8 +151,7 @@ class Reconstruct:
             return
         try:
             points = torch.zeros((8, 3), device=self.model.device)
-            with torch.inference_mode():
-                out = self.model.query(points, self._probe_code)
+            out = self._recon.on_device(self.model.query, points, self._probe_code)
             if not torch.isfinite(out["density"]).all():
                 raise RuntimeError("model health probe returned non-finite density")
         finally:

@@ -4,6 +4,13 @@ only for device work, so one batch's encode and density queries run while CPU th
 Per batch: [device] encode + density queries of all frames (shared decoder calls) -> [CPU pool] marching
 cubes per frame -> [device] colour queries of all frames -> [CPU pool] mesh objects. Concurrent callers (one
 thread per in-flight batch) share one device lock and one bounded CPU pool. No Ray here.
+
+Every model call runs on one thread of the reconstructor's own (`on_device`), whichever thread asks. On the
+CPU this keeps one OpenMP team: libgomp counts the threads of all teams in the process, and with more than
+there are cores it stops spinning at barriers, so the forward's threads sleep and wake at each of its
+thousands of barriers. Measured with the full-size model on 2 cores: warm-up on the main thread and frames
+on an executor thread (a Serve replica's natural layout) took 11.4-12.9 s per frame with 21k thread sleeps,
+the same work on one thread 9.8-10.2 s with 13. On a GPU, one thread issuing all kernels is the usual layout.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +27,9 @@ if TYPE_CHECKING:
     import trimesh
 
     from triposr import TripoSR
+
+
+T = TypeVar("T")
 
 
 def _never(i: int) -> bool:
@@ -42,6 +52,8 @@ class Reconstructor:
         self.overlap = model.device.type != "cpu" if overlap is None else bool(overlap)
         self.device_lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(cpu_workers)), thread_name_prefix="mesh-cpu")
+        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        self._device_thread: int | None = None
         self._stats_lock = threading.Lock()
         self._device_s = 0.0
         self._batches = 0
@@ -75,25 +87,23 @@ class Reconstructor:
         if not live:
             return out
         with torch.inference_mode():
-            with self._on_device():
-                codes = self.model.encode([frames[i] for i in live])  # (B, 3, C, H, W)
+            codes = self._device_work(self.model.encode, [frames[i] for i in live])  # (B, 3, C, H, W)
             keep = [k for k, i in enumerate(live) if not skip(i)]
             if not keep:
                 return out
-            with self._on_device():  # a frame cancelled meanwhile stops refining at the next round
-                volumes = self.model.extract_volumes(
-                    [codes[k] for k in keep], [int(resolutions[live[k]]) for k in keep],
-                    skip=lambda j: skip(live[keep[j]]),
-                )  # fmt: skip
+            volumes = self._device_work(  # a frame cancelled meanwhile stops refining at the next round
+                self.model.extract_volumes,
+                [codes[k] for k in keep], [int(resolutions[live[k]]) for k in keep],
+                skip=lambda j: skip(live[keep[j]]),
+            )  # fmt: skip
             alive = [j for j, k in enumerate(keep) if not skip(live[k])]
             surfaces = dict(zip(alive, self._pool.map(lambda j: volumes[j].surface(), alive), strict=True))
             kept = [j for j in alive if not skip(live[keep[j]])]
             if not kept:
                 return out
-            with self._on_device():
-                colors = self.model.vertex_colors(
-                    [codes[keep[j]] for j in kept], [surfaces[j].vertices for j in kept]
-                )
+            colors = self._device_work(
+                self.model.vertex_colors, [codes[keep[j]] for j in kept], [surfaces[j].vertices for j in kept]
+            )
             meshes = list(self._pool.map(surface_mesh, [surfaces[j] for j in kept], colors))
         for j, mesh in zip(kept, meshes, strict=True):
             out[live[keep[j]]] = mesh
@@ -107,26 +117,27 @@ class Reconstructor:
         with self._stats_lock:
             return {"batches": self._batches, "frames": self._frames, "device_s": round(self._device_s, 3)}
 
+    def on_device(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) on the thread that does all of this model's work (see the module docstring);
+        for callers beside `reconstruct` (a warm-up, a health probe)."""
+        if threading.get_ident() == self._device_thread:
+            return fn(*args, **kwargs)
+        return self._device.submit(self._on_device_thread, fn, args, kwargs).result()
+
+    def _on_device_thread(self, fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
+        self._device_thread = threading.get_ident()
+        return fn(*args, **kwargs)
+
+    def _device_work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`on_device` under the device lock, its time added to the device seconds."""
+        with self.device_lock:
+            start = time.perf_counter()
+            try:
+                return self.on_device(fn, *args, **kwargs)
+            finally:
+                with self._stats_lock:
+                    self._device_s += time.perf_counter() - start
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-    def _on_device(self) -> _DeviceSection:
-        return _DeviceSection(self)
-
-
-class _DeviceSection:
-    """`with`: hold the device lock and add the held time to the reconstructor's device seconds."""
-
-    def __init__(self, owner: Reconstructor) -> None:
-        self._owner = owner
-        self._start = 0.0
-
-    def __enter__(self) -> None:
-        self._owner.device_lock.acquire()
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        held = time.perf_counter() - self._start
-        self._owner.device_lock.release()
-        with self._owner._stats_lock:
-            self._owner._device_s += held
+        self._device.shutdown(wait=True)
