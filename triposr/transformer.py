@@ -5,8 +5,8 @@ tokens and a GEGLU feed-forward.
 
 Attention runs through `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels
 where the device has them), never through an explicit (T x T) score matrix; on x86 CPUs the products and
-attention go through oneDNN (`cpu_matmul`). Module names (`attn1.to_q`,
-`to_out.0`, `ff.net.0.proj`, `ff.net.2`) match the official checkpoint. Dropout is omitted: inference only,
+attention go through oneDNN (`cpu_matmul`). Module names (`attn1.to_q`, `to_out.0`, `ff.net.0.proj`,
+`ff.net.2`) match the official checkpoint. Dropout is omitted: inference only,
 and residual additions run in place on the activations (no autograd through them).
 """
 

@@ -100,6 +100,14 @@ def test_a_new_thread_runs_the_products_on_torchs_thread_count():
     assert after == wanted, f"OpenMP threads in a new thread: {first} before, {after} after the product"
 
 
+def test_a_strided_weight_takes_torchs_path():
+    x, w = randn(5, 8), randn(8, 6).t()  # (6, 8), not contiguous
+    with torch.inference_mode():
+        ops = ops_run(lambda: cpu_matmul.linear(x, w, None))
+        torch.testing.assert_close(cpu_matmul.linear(x, w, None), F.linear(x, w), atol=1e-5, rtol=1e-5)
+    assert "mkldnn::_linear_pointwise" not in ops
+
+
 def test_autograd_and_other_dtypes_take_torchs_path():
     x, w = randn(4, 8).requires_grad_(), randn(6, 8)
     y = cpu_matmul.linear(x, w, None)
