@@ -50,7 +50,8 @@ def onednn_available() -> bool:
 
 
 def applies(*tensors: torch.Tensor) -> bool:
-    """True when the oneDNN path may replace torch's for an op on these tensors."""
+    """True when the oneDNN path may replace torch's for an op on these tensors; then also gives the calling
+    thread torch's thread count (every oneDNN call passes this gate first)."""
     if not torch.backends.mkldnn.enabled or torch.is_autocast_enabled("cpu"):
         return False
     grad = torch.is_grad_enabled()
